@@ -1,0 +1,51 @@
+"""Leaderboards: the results store pivoted into a checkpoints x (protocol, dataset, metric) table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import UserError
+
+FORMATS = ("md", "csv", "tex", "html")
+
+
+def pivot(records: pd.DataFrame) -> pd.DataFrame:
+    """Rows: checkpoints; columns: (protocol, dataset, metric); cells: the mean of the
+    stored values (several evaluations of the same cell are averaged)."""
+    if records.empty:
+        return pd.DataFrame()
+    table = records.pivot_table(index="checkpoint", columns=["protocol", "dataset", "metric"],
+                                values="value", aggfunc="mean")
+    return table.sort_index(axis=0).sort_index(axis=1)
+
+
+def render(table: pd.DataFrame, fmt: str, *, digits: int = 2) -> str:
+    """The table as Markdown, CSV, LaTeX or a standalone HTML page."""
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt}: unknown format; valid: {', '.join(FORMATS)}")
+    if table.empty:
+        return "(no results)\n"
+    if fmt == "csv":
+        return table.to_csv()
+    if fmt == "md":
+        flat = table.copy()
+        flat.columns = [" / ".join(map(str, col)) for col in flat.columns]
+        return flat.round(digits).to_markdown() + "\n"
+    if fmt == "tex":
+        return table.round(digits).to_latex(float_format=f"%.{digits}f", multicolumn=True,
+                                            multicolumn_format="c", na_rep="--")
+    body = table.round(digits).to_html(na_rep="&ndash;", border=0, classes="leaderboard")
+    return ("<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>ssl-bench leaderboard</title>"
+            "<style>body{font-family:sans-serif} table{border-collapse:collapse}"
+            "td,th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}</style>"
+            f"</head><body><h1>ssl-bench leaderboard</h1>\n{body}\n</body></html>\n")
+
+
+def write(text: str, out: Path | None) -> None:
+    if out is None:
+        print(text, end="")
+        return
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(text)

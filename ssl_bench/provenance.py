@@ -1,0 +1,45 @@
+"""What produced a result: code version, git commit, library versions."""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import __version__
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+@functools.cache
+def code_version() -> dict:
+    """The package version plus the git commit (and dirty flag) of the source tree, if any."""
+    info = {"version": __version__, "commit": "unknown", "dirty": None}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_PACKAGE_DIR, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                cwd=_PACKAGE_DIR, capture_output=True, text=True, timeout=10,
+                                check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return info
+    info.update(commit=commit, dirty=bool(status.strip()))
+    return info
+
+
+@functools.cache
+def library_versions() -> dict:
+    """Versions of the libraries whose numerics a result depends on."""
+    import numpy
+    import timm
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "timm": timm.__version__, "numpy": numpy.__version__}
+
+
+def utc_now() -> str:
+    """An ISO-8601 UTC timestamp, to the second."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()

@@ -1,0 +1,114 @@
+"""The backbone feature API checked against timm's own forward passes."""
+
+import pytest
+import timm
+import torch
+
+from ssl_bench.backbones import Backbone
+
+ARCH = "vit_tiny_patch16_224"
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """Our backbone and an independent timm model holding the same weights."""
+    torch.manual_seed(0)
+    ours = Backbone(ARCH, img_size=64, mask_token=True).eval()
+    reference = timm.create_model(ARCH, pretrained=False, num_classes=0, img_size=64,
+                                  dynamic_img_size=True).eval()
+    reference.load_state_dict(ours.model.state_dict())
+    return ours, reference
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+
+
+@torch.no_grad()
+def test_cls_and_patch_tokens_match_timm(pair, images):
+    ours, reference = pair
+    expected = reference.forward_features(images)  # (B, 1 + 16, C), after the final norm
+    out = ours.tokens(images)
+    assert torch.allclose(out.cls, expected[:, 0], atol=1e-6)
+    assert torch.allclose(out.patches, expected[:, 1:], atol=1e-6)
+    assert torch.allclose(ours.features(images, "cls"), expected[:, 0], atol=1e-6)
+    assert torch.allclose(ours.features(images, "avgpool"), expected[:, 1:].mean(1), atol=1e-6)
+    grid = ours.patch_grid(images)[0]
+    assert torch.allclose(grid, expected[:, 1:].transpose(1, 2).reshape(2, -1, 4, 4), atol=1e-6)
+
+
+@torch.no_grad()
+def test_intermediate_blocks_match_timm(pair, images):
+    ours, reference = pair
+    maps = reference.forward_intermediates(images, indices=[3, 5, 7, 11], norm=False,
+                                           intermediates_only=True)  # NCHW
+    for got, want in zip(ours.patch_grid(images, blocks=[3, 5, 7, 11]), maps):
+        assert torch.allclose(got, want, atol=1e-6)
+    tokens = reference.forward_intermediates(images, indices=[11], norm=False, output_fmt="NLC",
+                                             return_prefix_tokens=True, intermediates_only=True)
+    patches, prefix = tokens[0]
+    assert torch.allclose(ours.tokens(images).cls_prenorm, prefix[:, 0], atol=1e-6)
+    last4 = reference.forward_intermediates(images, indices=4, norm=True, output_fmt="NLC",
+                                            return_prefix_tokens=True, intermediates_only=True)
+    expected = torch.cat([pre[:, 0] for _, pre in last4], dim=-1)
+    assert torch.allclose(ours.features(images, "cls_last4"), expected, atol=1e-6)
+
+
+@torch.no_grad()
+def test_patch_drop_equals_forward_over_kept_tokens(pair, images):
+    ours, reference = pair
+    keep = torch.tensor([[0, 5, 9, 15], [2, 3, 4, 12]])
+    embedded = reference._pos_embed(reference.patch_embed(images))  # (B, 1 + 16, C)
+    kept = torch.stack([torch.cat([embedded[i, :1], embedded[i, 1:][keep[i]]]) for i in range(2)])
+    expected = reference.norm(reference.blocks(kept))
+    assert torch.allclose(ours.tokens(images, keep=keep).normed, expected, atol=1e-6)
+    shared = torch.tensor([1, 7, 8])  # one index set for the whole batch (MSN)
+    assert torch.allclose(ours.tokens(images, keep=shared).normed,
+                          ours.tokens(images, keep=shared.expand(2, -1)).normed, atol=1e-6)
+
+
+@torch.no_grad()
+def test_mask_token_replaces_patches_before_position_embedding(pair, images):
+    ours, _ = pair
+    none = torch.zeros(2, 16, dtype=torch.bool)
+    assert torch.allclose(ours.tokens(images, mask=none).normed, ours.tokens(images).normed, atol=1e-6)
+    everything = torch.ones(2, 4, 4, dtype=torch.bool)
+    other = torch.randn(2, 3, 64, 64)
+    # With every patch masked the input no longer matters: only mask token + positions remain.
+    assert torch.allclose(ours.tokens(images, mask=everything).normed,
+                          ours.tokens(other, mask=everything).normed, atol=1e-6)
+    one = none.clone()
+    one[0, 6] = True
+    changed = (ours.tokens(images, mask=one).prenorm - ours.tokens(images).prenorm).abs().sum(-1)
+    assert changed[1].max() == 0 and changed[0].min() > 0  # only image 0 is touched
+
+
+@torch.no_grad()
+def test_any_image_size_interpolates_position_embeddings(pair):
+    ours, reference = pair
+    wide = torch.randn(1, 3, 48, 96)
+    out = ours.tokens(wide)
+    assert out.grid == (3, 6)
+    assert torch.allclose(out.normed, reference.forward_features(wide), atol=1e-6)
+
+
+@torch.no_grad()
+def test_patch8_and_no_final_norm():
+    small = Backbone("vit_small_patch16_224", img_size=32, patch_size=8, final_norm=False).eval()
+    out = small.tokens(torch.randn(1, 3, 32, 32))
+    assert out.grid == (4, 4) and small.patch_size == 8
+    assert torch.equal(out.normed, out.prenorm)
+
+
+@torch.no_grad()
+def test_resnet50_pooled_features_match_timm():
+    torch.manual_seed(0)
+    ours = Backbone("resnet50").eval()
+    reference = timm.create_model("resnet50", pretrained=False, num_classes=0).eval()
+    reference.load_state_dict(ours.model.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.allclose(ours.features(x, "avgpool"), reference(x), atol=1e-5)
+    last = ours.patch_grid(x)[0]
+    assert last.shape == (2, 2048, 2, 2)
+    assert torch.allclose(last.mean((2, 3)), reference(x), atol=1e-5)

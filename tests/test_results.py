@@ -1,0 +1,61 @@
+"""The results store under concurrent writers, and the leaderboard pivot."""
+
+import multiprocessing as mp
+
+import pandas as pd
+
+from ssl_bench.leaderboard import pivot, render
+from ssl_bench.results import load_results, write_evaluation
+
+WRITERS, PER_WRITER = 8, 50
+
+
+def _writer(results_dir, writer, barrier):
+    barrier.wait()  # all processes start writing at the same moment
+    for i in range(PER_WRITER):
+        write_evaluation(results_dir, protocol="knn",
+                         checkpoint={"label": f"ckpt{writer}", "sha256": f"h{writer}",
+                                     "method": "msn", "arch": "vit_tiny"},
+                         recipe={"k": [10, 20]}, wall_time_s=0.1,
+                         records=[{"dataset": "embedded", "metric": f"m{i:02d}",
+                                   "value": writer * 1000 + i}])
+
+
+def test_eight_concurrent_writers_lose_no_record(tmp_path):
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(WRITERS)
+    procs = [ctx.Process(target=_writer, args=(tmp_path, w, barrier)) for w in range(WRITERS)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    records = load_results(tmp_path)
+    assert len(records) == WRITERS * PER_WRITER
+    table = pivot(records)
+    assert table.shape == (WRITERS, PER_WRITER)
+    assert table.notna().to_numpy().sum() == WRITERS * PER_WRITER
+    assert table.loc["ckpt3", ("knn", "embedded", "m07")] == 3007
+    assert not list(tmp_path.rglob("*.tmp"))  # no temporary file left behind
+
+
+def test_records_carry_their_context(tmp_path):
+    write_evaluation(tmp_path, protocol="linear", checkpoint={"label": "a", "sha256": "x",
+                                                              "method": "mmc", "arch": "vit_small"},
+                     recipe={"lr": 0.1}, wall_time_s=2.5,
+                     records=[{"dataset": "imagenet", "metric": "top1", "value": 70.0}])
+    row = load_results(tmp_path).iloc[0]
+    assert (row.checkpoint, row.method, row.protocol, row.metric, row.value) == \
+        ("a", "mmc", "linear", "top1", 70.0)
+    assert row.wall_time_s == 2.5 and row.checkpoint_sha256 == "x" and row.timestamp
+
+
+def test_pivot_averages_repeats_and_renders_every_format():
+    records = pd.DataFrame({"checkpoint": ["a", "a", "b"], "protocol": ["knn"] * 3,
+                            "dataset": ["d"] * 3, "metric": ["top1"] * 3, "value": [10.0, 20.0, 5.0]})
+    table = pivot(records)
+    assert table.loc["a", ("knn", "d", "top1")] == 15.0
+    assert "| a " in render(table, "md") and "15" in render(table, "md")
+    assert render(table, "csv").splitlines()[0].startswith("protocol,knn")
+    assert "\\begin{tabular}" in render(table, "tex")
+    assert render(table, "html").startswith("<!DOCTYPE html>")
