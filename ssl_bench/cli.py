@@ -36,14 +36,37 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
-    from .leaderboard import pivot, render, write
+    from .leaderboard import FILE_FORMATS, TEXT_FORMATS, build_table, write
     from .results import load_results
 
+    formats = list(FILE_FORMATS) if args.format == "all" else [args.format]
+    if args.format != "all" and args.format not in FILE_FORMATS:
+        raise UserError(f"--format {args.format}: unknown format; valid: {', '.join(FILE_FORMATS)}, all")
+    if args.out is None and args.format not in TEXT_FORMATS:
+        raise UserError(f"--format {args.format} writes files: give --out (a file, or a stem for 'all')")
     if not Path(args.results).is_dir():
         raise UserError(f"--results {args.results}: no such folder; run 'ssl-bench eval' first "
                         "or point --results at a results store")
-    write(render(pivot(load_results(args.results)), args.format), args.out)
+    table = build_table(load_results(args.results), reported=args.reported, baseline=args.baseline,
+                        targets=args.target or None, n_boot=args.bootstrap, confidence=args.confidence,
+                        seed=args.seed, digits=args.digits, title=args.title,
+                        reported_scope="all" if args.all_reported else "measured")
+    if args.format in TEXT_FORMATS:
+        write(table.render(args.format), args.out)
+        return 0
+    stem = args.out if args.format == "all" else args.out.with_suffix("")
+    for paths in table.write(stem, formats).values():
+        for path in paths:
+            print(path)
     return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import Demo, DemoLayout
+
+    layout = DemoLayout(data=args.data, runs=args.runs, results=args.results,
+                        leaderboard=args.leaderboard, profile=args.profile)
+    return Demo(layout).run()
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -79,15 +102,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object last")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("leaderboard", help="pivot the results store into a table")
+    p = sub.add_parser("leaderboard", help="comparison tables and figures from the results store")
     p.add_argument("--results", type=Path, default=Path("results"), help="results store folder")
-    p.add_argument("--format", default="md", help="md, csv, tex or html")
-    p.add_argument("--out", type=Path, help="output file (default: stdout)")
+    p.add_argument("--format", default="md",
+                   help="md, csv (long form), tex, html (page with figures), png (figures: OUT.png "
+                        "overview + OUT.<protocol>.png) or all (every format; --out is a stem)")
+    p.add_argument("--out", type=Path, help="output file (default: stdout; required for png and all)")
+    p.add_argument("--reported", nargs="?", const=True, default=None, metavar="CSV",
+                   help="add the papers' published numbers as rows marked (reported); "
+                        "default CSV: leaderboards/reported.csv")
+    p.add_argument("--all-reported", action="store_true",
+                   help="with --reported: every reported row, not only the measured protocols'")
+    p.add_argument("--baseline", metavar="ROW",
+                   help="add 'Improve w.r.t. ROW' rows (a row label, checkpoint label or method)")
+    p.add_argument("--target", action="append", default=[], metavar="ROW",
+                   help="rows compared with --baseline (repeatable; default: every measured row)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
+                   help="bootstrap resamples for confidence intervals (default 1000; 0: none)")
+    p.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--digits", type=int, default=1, help="decimals shown (default 1)")
+    p.add_argument("--title", default="ssl-bench leaderboard", help="page and figure title")
     p.set_defaults(func=_cmd_leaderboard)
 
     from .data.cli import add_data_parser
 
     add_data_parser(sub)
+
+    from .export import add_export_parser
+
+    add_export_parser(sub)
+
+    p = sub.add_parser("demo", help="the main job: embedded data, pretrain all methods, evaluate, leaderboard")
+    p.add_argument("--profile", default="demo", help="embedded data profile: demo or tiny")
+    p.add_argument("--data", type=Path, default=Path("sb-data"), help="embedded data folder")
+    p.add_argument("--runs", type=Path, default=Path("runs/embedded"), help="pretraining runs folder")
+    p.add_argument("--results", type=Path, default=Path("results/embedded"), help="results store")
+    p.add_argument("--leaderboard", type=Path, default=Path("leaderboards/embedded"),
+                   help="output stem of the leaderboard files")
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("bench", help="measure speed (figures and ratios from one run)")
     bench_sub = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")

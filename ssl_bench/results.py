@@ -6,6 +6,31 @@ on a shared file system, can write at once and no record is lost or half-written
 A file holds the evaluation's context (checkpoint, its hash, the resolved protocol
 recipe, code commit, versions, wall time, timestamp) and its records, one per
 (dataset, metric). ``load_results`` flattens every file into one pandas DataFrame.
+
+Per-sample predictions (for bootstrap confidence intervals)
+-----------------------------------------------------------
+A protocol whose metric is the mean of a per-sample score (top-1 accuracy: 1 if the
+sample is classified correctly, else 0; any score in [0, 1] whose mean is the metric)
+stores that score per test sample, in one of two equivalent ways:
+
+* ``write_evaluation(..., predictions={"<dataset>": {"correct": array}})``: the array
+  applies to every record of that dataset; ``{"<dataset>": {"<metric>": array}}`` to one
+  metric only (e.g. k-NN's ``top1_k10`` and ``top1_k20`` differ per sample); a metric key
+  wins over ``"correct"``.
+* a record carrying ``"per_sample": array`` (e.g. ``{"dataset": "imagenet", "metric":
+  "top1", "value": 72.3, "per_sample": correct}``): it is moved out of the JSON into the
+  same file, so ``Protocol.run`` can return it and ``evaluate`` needs no change.
+
+The arrays go to ``<same stem>.npz`` (compressed, written atomically *before* the JSON),
+and each such record gets ``"predictions": {"file": "<stem>.npz", "key": ..., "scale": s}``
+where ``value == s * mean(array)`` (``s`` is 100 for percentages, 1 for fractions; it is
+inferred and checked on writing). ``load_predictions(json_or_npz_path)`` reads them back,
+``load_results`` exposes them as the columns ``predictions`` (npz path),
+``predictions_key`` and ``predictions_scale``.
+
+Repeats: records may carry ``"seed"`` and/or ``"split"`` (e.g. MSN's 3 low-shot splits,
+one record per split with the same metric name); leaderboards average repeats of a cell
+and report their standard deviation.
 """
 
 from __future__ import annotations
@@ -18,20 +43,85 @@ from pathlib import Path
 
 import pandas as pd
 
-from .atomic import atomic_write_json
+import numpy as np
+
+from .atomic import atomic_write, atomic_write_json
 from .progress import progress
 from .provenance import code_version, library_versions, utc_now
 
 SCHEMA = 1
 RECORD_COLUMNS = ["checkpoint", "method", "arch", "protocol", "dataset", "metric", "value",
-                  "checkpoint_sha256", "code_commit", "wall_time_s", "timestamp", "file"]
+                  "checkpoint_sha256", "code_commit", "wall_time_s", "timestamp", "file",
+                  "seed", "split", "predictions", "predictions_key", "predictions_scale"]
+PREDICTION_SCALES = (100.0, 1.0)  # percent, fraction
+
+
+def _prediction_key(dataset: str, name: str) -> str:
+    return f"{dataset}/{name}"
+
+
+def _attach_predictions(records: list[dict], predictions: dict | None, npz_name: str):
+    """Records with per-sample arrays split out: (JSON-safe records, {npz key: array})."""
+    arrays: dict[str, np.ndarray] = {}
+    for dataset, per_metric in (predictions or {}).items():
+        if not isinstance(per_metric, dict):
+            raise ValueError(f"predictions[{dataset!r}] must be a dict like {{'correct': array}}, "
+                             f"got {type(per_metric).__name__}")
+        for name, array in per_metric.items():
+            arrays[_prediction_key(dataset, name)] = np.asarray(array, dtype=np.float64).ravel()
+    out = []
+    for record in records:
+        record = dict(record)
+        per_sample = record.pop("per_sample", None)
+        own_key = _prediction_key(record["dataset"], record["metric"])
+        for repeat in ("split", "seed"):  # repeats of one metric in one evaluation stay apart
+            if record.get(repeat) is not None:
+                own_key += f"/{repeat}={record[repeat]}"
+        if per_sample is not None:
+            arrays[own_key] = np.asarray(per_sample, dtype=np.float64).ravel()
+        _check_array(own_key, arrays)
+        scale, key = None, None
+        if own_key in arrays:  # stored for this very metric: it must match
+            key, scale = own_key, _infer_scale(record, arrays[own_key], strict=True)
+        elif _prediction_key(record["dataset"], "correct") in arrays:
+            # the dataset-wide array: attached to the metrics it is the mean of (top1, not top5)
+            key = _prediction_key(record["dataset"], "correct")
+            _check_array(key, arrays)
+            scale = _infer_scale(record, arrays[key], strict=False)
+        if scale is not None:
+            record["predictions"] = {"file": npz_name, "key": key, "scale": scale}
+        out.append(record)
+    for key in arrays:
+        _check_array(key, arrays)
+    return out, arrays
+
+
+def _check_array(key: str, arrays: dict) -> None:
+    if key in arrays and (arrays[key].size == 0 or not np.all(np.isfinite(arrays[key]))):
+        raise ValueError(f"predictions {key!r}: need a non-empty finite per-sample array")
+
+
+def _infer_scale(record: dict, array: np.ndarray, *, strict: bool) -> float | None:
+    mean = float(np.mean(array))
+    for scale in PREDICTION_SCALES:
+        if abs(scale * mean - float(record["value"])) <= 1e-4 * max(1.0, abs(float(record["value"]))):
+            return scale
+    if not strict:
+        return None
+    raise ValueError(f"record {record['dataset']}/{record['metric']}: value {record['value']} is neither "
+                     f"100 x nor 1 x the mean {mean:.6g} of its per-sample predictions; store the "
+                     "per-sample score whose mean is the metric")
 
 
 def write_evaluation(results_dir: Path, *, protocol: str, checkpoint: dict, recipe: dict,
-                     records: list[dict], wall_time_s: float, extra: dict | None = None) -> Path:
-    """Store one evaluation. ``records`` are dicts with ``dataset``, ``metric``, ``value``.
+                     records: list[dict], wall_time_s: float, extra: dict | None = None,
+                     predictions: dict | None = None) -> Path:
+    """Store one evaluation. ``records`` are dicts with ``dataset``, ``metric``, ``value``
+    (optionally ``seed``, ``split``, ``per_sample``; see the module docstring).
 
     ``checkpoint`` holds at least ``label``, ``sha256``, ``method`` and ``arch``.
+    ``predictions``: ``{dataset: {"correct" | metric: per-sample array}}``, saved to a
+    compressed ``.npz`` next to the JSON for bootstrap confidence intervals.
     """
     for record in records:
         missing = {"dataset", "metric", "value"} - set(record)
@@ -40,10 +130,36 @@ def write_evaluation(results_dir: Path, *, protocol: str, checkpoint: dict, reci
     stamp = utc_now().replace(":", "").replace("-", "")
     name = f"{stamp}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
     path = Path(results_dir) / protocol / name
+    npz_path = path.with_suffix(".npz")
+    records, arrays = _attach_predictions(records, predictions, npz_path.name)
+    if arrays:  # the arrays first: a JSON never references a missing file
+        atomic_write(npz_path, lambda tmp: _save_npz(tmp, arrays))
     payload = {"schema": SCHEMA, "protocol": protocol, "checkpoint": checkpoint, "recipe": recipe,
                "code": code_version(), "versions": library_versions(), "wall_time_s": wall_time_s,
                "timestamp": utc_now(), "records": records, **(extra or {})}
     return atomic_write_json(path, payload)
+
+
+def _save_npz(tmp: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(tmp, "wb") as handle:  # a file handle: np.savez would append ".npz" to a path
+        np.savez_compressed(handle, **arrays)
+
+
+def load_predictions(path: Path, key: str | None = None):
+    """Per-sample predictions of one evaluation: ``{key: array}``, or one array if ``key``.
+
+    ``path`` is the evaluation's ``.json`` or its ``.npz``; keys are ``"<dataset>/<name>"``
+    with name ``correct`` or a metric.
+    """
+    npz_path = Path(path).with_suffix(".npz")
+    if not npz_path.is_file():
+        raise FileNotFoundError(f"{npz_path}: no per-sample predictions stored for this evaluation")
+    with np.load(npz_path, allow_pickle=False) as data:
+        if key is not None:
+            if key not in data.files:
+                raise KeyError(f"{npz_path}: no predictions {key!r}; stored: {', '.join(data.files)}")
+            return data[key]
+        return {name: data[name] for name in data.files}
 
 
 def iter_evaluations(results_dir: Path):
@@ -63,11 +179,16 @@ def load_results(results_dir: Path) -> pd.DataFrame:
     for path, payload in iter_evaluations(results_dir):
         ckpt = payload.get("checkpoint", {})
         for record in payload.get("records", []):
+            preds = record.get("predictions") or {}
             rows.append({"checkpoint": ckpt.get("label"), "method": ckpt.get("method"),
                          "arch": ckpt.get("arch"), "protocol": payload.get("protocol"),
                          "dataset": record["dataset"], "metric": record["metric"],
                          "value": record["value"], "checkpoint_sha256": ckpt.get("sha256"),
                          "code_commit": payload.get("code", {}).get("commit"),
                          "wall_time_s": payload.get("wall_time_s"),
-                         "timestamp": payload.get("timestamp"), "file": str(path)})
+                         "timestamp": payload.get("timestamp"), "file": str(path),
+                         "seed": record.get("seed"), "split": record.get("split"),
+                         "predictions": str(path.parent / preds["file"]) if preds else None,
+                         "predictions_key": preds.get("key"),
+                         "predictions_scale": preds.get("scale")})
     return pd.DataFrame(rows, columns=RECORD_COLUMNS)

@@ -28,7 +28,7 @@ def test_eight_concurrent_writers_lose_no_record(tmp_path):
     for proc in procs:
         proc.start()
     for proc in procs:
-        proc.join(60)
+        proc.join(600)
         assert proc.exitcode == 0
     records = load_results(tmp_path)
     assert len(records) == WRITERS * PER_WRITER

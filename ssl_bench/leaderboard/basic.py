@@ -1,4 +1,4 @@
-"""Leaderboards: the results store pivoted into a checkpoints x (protocol, dataset, metric) table."""
+"""The foundation's basic pivot: checkpoints x (protocol, dataset, metric), cells the mean."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import UserError
+from ..errors import UserError
 
 FORMATS = ("md", "csv", "tex", "html")
 
@@ -21,8 +21,16 @@ def pivot(records: pd.DataFrame) -> pd.DataFrame:
     return table.sort_index(axis=0).sort_index(axis=1)
 
 
-def render(table: pd.DataFrame, fmt: str, *, digits: int = 2) -> str:
-    """The table as Markdown, CSV, LaTeX or a standalone HTML page."""
+def render(table, fmt: str, *, digits: int = 2) -> str:
+    """The table as Markdown, CSV, LaTeX or a standalone HTML page.
+
+    ``table`` is a ``pivot`` DataFrame or a ``ComparisonTable`` (then rendered by
+    ``ComparisonTable.render``, with its own digits).
+    """
+    from .table import ComparisonTable
+
+    if isinstance(table, ComparisonTable):
+        return table.render(fmt)
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: unknown format; valid: {', '.join(FORMATS)}")
     if table.empty:

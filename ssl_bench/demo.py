@@ -1,0 +1,130 @@
+"""The main job on the embedded default (``make demo``).
+
+1. prepare the embedded data (demo profile) unless an identical tree exists;
+2. pretrain every registered method with its ``pretrain/<method>_tiny.yaml``;
+3. evaluate each checkpoint and the ``random:`` baseline of every architecture used on
+   every registered protocol (``protocols/<protocol>_tiny.yaml`` when it exists, else the
+   package defaults);
+4. write ``leaderboards/embedded.{md,csv,html,png}``.
+
+Interrupted and rerun, it resumes: finished pretraining runs are reused by the engine,
+and an evaluation whose (checkpoint hash, protocol, resolved recipe) is already in the
+results store is skipped. A failing step is reported and the others still run.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checkpoints import load_spec
+from .errors import UserError
+from .progress import log
+from .recipes import recipe_layers
+
+
+@dataclass
+class DemoLayout:
+    """Where the demo reads recipes and writes its outputs (relative to the project)."""
+
+    project: Path = Path(".")
+    data: Path = Path("sb-data")
+    runs: Path = Path("runs/embedded")
+    results: Path = Path("results/embedded")
+    leaderboard: Path = Path("leaderboards/embedded")
+    profile: str = "demo"
+    failures: list[str] = field(default_factory=list)
+
+
+def _tiny_recipe(folder: Path, name: str) -> Path | None:
+    path = folder / f"{name}_tiny.yaml"
+    return path if path.is_file() else None
+
+
+def _stored(results: Path, sha256: str, protocol: str, recipe: dict) -> bool:
+    """Whether the store already holds this exact evaluation."""
+    from .results import iter_evaluations
+
+    if not (results / protocol).is_dir():
+        return False
+    for _, payload in iter_evaluations(results):
+        if (payload.get("protocol") == protocol and payload.get("recipe") == recipe
+                and payload.get("checkpoint", {}).get("sha256") == sha256):
+            return True
+    return False
+
+
+class Demo:
+    """Runs the steps in order, counting them, and keeps going past a failing step."""
+
+    def __init__(self, layout: DemoLayout):
+        self.layout = layout
+        self.done = 0
+        self.total = 0
+
+    def step(self, title: str, action) -> object:
+        self.done += 1
+        log(f"[step {self.done}/{self.total}] {title}")
+        start = time.perf_counter()
+        try:
+            result = action()
+        except (UserError, RuntimeError, ValueError, OSError) as err:
+            self.layout.failures.append(f"{title}: {err}")
+            log(f"  failed: {err}")
+            log(traceback.format_exc(limit=3))
+            return None
+        log(f"  done in {time.perf_counter() - start:.0f} s")
+        return result
+
+    def run(self) -> int:
+        from .data.embedded import prepare_if_needed
+        from .engine import pretrain
+        from .evaluate import evaluate, resolve_protocol_recipe
+        from .leaderboard import write_leaderboard
+        from .methods import METHODS
+        from .protocols import PROTOCOLS
+
+        lay = self.layout
+        methods = [m for m in METHODS.names() if _tiny_recipe(lay.project / "pretrain", m)]
+        protocols = PROTOCOLS.names()
+        archs = sorted({_recipe_arch(_tiny_recipe(lay.project / "pretrain", m)) for m in methods})
+        self.total = 1 + len(methods) + (len(methods) + len(archs)) * len(protocols) + 1
+
+        self.step(f"prepare embedded data ({lay.profile} profile) in {lay.data}",
+                  lambda: prepare_if_needed(lay.data, profile=lay.profile))
+        specs = []
+        for method in methods:
+            recipe = _tiny_recipe(lay.project / "pretrain", method)
+            out = lay.runs / f"{method}_tiny"
+            if self.step(f"pretrain {method} ({recipe})",
+                         lambda r=recipe, o=out: pretrain(r, [f"data.root={lay.data}"], o)):
+                specs.append(str(out))
+        specs += [f"random:{arch}" for arch in archs]
+        for spec in specs:
+            for protocol in protocols:
+                recipe = _tiny_recipe(lay.project / "protocols", protocol)
+
+                def evaluate_once(spec=spec, protocol=protocol, recipe=recipe):
+                    resolved = resolve_protocol_recipe(protocol, recipe)
+                    if _stored(lay.results, load_spec(spec).sha256, protocol, resolved):
+                        log("  already in the results store: skipped")
+                        return True
+                    return evaluate(protocol, spec, lay.data, recipe=recipe, results_dir=lay.results)
+
+                self.step(f"evaluate {spec} with {protocol}", evaluate_once)
+        self.step(f"write {lay.leaderboard}.{{md,csv,html,png}}",
+                  lambda: write_leaderboard(lay.results, lay.leaderboard))
+        for failure in lay.failures:
+            log(f"FAILED {failure}")
+        return 1 if lay.failures else 0
+
+
+def _recipe_arch(recipe: Path) -> str:
+    arch = None
+    for _, layer in recipe_layers(recipe):
+        arch = layer.get("backbone", {}).get("arch", arch)
+    if arch is None:
+        raise UserError(f"{recipe}: no backbone.arch set")
+    return arch

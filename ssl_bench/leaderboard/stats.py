@@ -1,0 +1,71 @@
+"""Aggregation of repeats and the bootstrap confidence interval.
+
+Bootstrap (percentile method), exactly::
+
+    rng = numpy.random.default_rng(seed)
+    for each evaluation j of the cell, in the order given (load_results: sorted by file):
+        idx_j = rng.integers(0, n_j, size=(n_boot, n_j))     # drawn in row chunks, same stream
+        stat_j = scale_j * a_j[idx_j].mean(axis=1)             # (n_boot,)
+    stat = mean over j of stat_j                               # the cell's mean, resampled
+    low, high = numpy.percentile(stat, [50 (1 - confidence), 50 (1 + confidence)])
+
+``a_j`` is evaluation j's per-sample score (0/1 correctness for accuracies), ``scale_j``
+100 for metrics in percent. Samples are resampled independently per evaluation, so with
+several seeds the interval is that of their average.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+DEFAULT_BOOTSTRAP = 1000      # resamples
+DEFAULT_CONFIDENCE = 0.95     # two-sided percentile interval
+DEFAULT_SEED = 0
+_CHUNK_ELEMENTS = 1 << 22     # resample indices held at once (memory bound)
+
+_LOWER_IS_BETTER = re.compile(r"(error|loss|decay|(^|[^a-z])mce)", re.IGNORECASE)
+
+
+def lower_is_better(metric: str) -> bool:
+    """Error-type metrics (``*error*``, ``*loss*``, ``mCE``, DAVIS ``*decay*``); not
+    ``one_minus_mCE``. Everything else (accuracy, AP, mIoU, J&F) is higher-is-better."""
+    return bool(_LOWER_IS_BETTER.search(metric)) and not metric.lower().startswith("one_minus")
+
+
+def bootstrap_ci(samples: Sequence[np.ndarray], *, scales: Sequence[float] | None = None,
+                 n_boot: int = DEFAULT_BOOTSTRAP, confidence: float = DEFAULT_CONFIDENCE,
+                 seed: int = DEFAULT_SEED) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (of the per-evaluation means) of ``samples``."""
+    if not samples:
+        raise ValueError("bootstrap_ci needs at least one per-sample array")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    scales = [1.0] * len(samples) if scales is None else list(scales)
+    rng = np.random.default_rng(seed)
+    total = np.zeros(n_boot)
+    for array, scale in zip(samples, scales):
+        array = np.asarray(array, dtype=np.float64).ravel()
+        n = array.size
+        rows = max(1, _CHUNK_ELEMENTS // n)
+        stat = np.empty(n_boot)
+        for start in range(0, n_boot, rows):
+            stop = min(n_boot, start + rows)
+            idx = rng.integers(0, n, size=(stop - start, n))
+            stat[start:stop] = array[idx].mean(axis=1)
+        total += scale * stat
+    total /= len(samples)
+    low, high = np.percentile(total, [50 * (1 - confidence), 50 * (1 + confidence)])
+    return float(low), float(high)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (ddof=1; NaN for a single value) and count."""
+    values = np.asarray(values, dtype=np.float64)
+    n = values.size
+    std = float(values.std(ddof=1)) if n > 1 else float("nan")
+    return float(values.mean()), std, n

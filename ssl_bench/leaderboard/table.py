@@ -1,0 +1,523 @@
+"""Paper-style comparison tables: rows are models, columns (protocol, dataset, metric)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import UserError
+from .reported import load_reported, reported_label
+from .stats import (DEFAULT_BOOTSTRAP, DEFAULT_CONFIDENCE, DEFAULT_SEED, bootstrap_ci,
+                    lower_is_better, mean_std)
+
+TEXT_FORMATS = ("md", "csv", "tex", "html")
+FILE_FORMATS = TEXT_FORMATS + ("png",)
+COLUMN_LEVELS = ["protocol", "dataset", "metric"]
+PROTOCOL_ORDER = ["knn", "linear", "lowshot", "finetune", "detection", "segmentation", "linear_seg",
+                  "prompt_seg", "davis", "robustness"]
+KIND_ORDER = {"measured": 0, "random": 1, "reported": 2}
+MISSING = "–"
+REPORTED_SCOPES = ("measured", "all")
+
+
+def _natural(text) -> tuple:
+    return tuple(int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(text)))
+
+
+def _column_key(col: tuple) -> tuple:
+    protocol, dataset, metric = col
+    rank = PROTOCOL_ORDER.index(protocol) if protocol in PROTOCOL_ORDER else len(PROTOCOL_ORDER)
+    return rank, _natural(protocol), _natural(dataset), _natural(metric)
+
+
+def _text(value) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
+def measured_label(checkpoint, method, arch) -> str:
+    """Row label of a measured checkpoint: ``method arch (checkpoint label)``.
+
+    ``random:ARCH`` -> ``random init ARCH``; ``timm:``/``foreign:`` -> their spec label;
+    the checkpoint label is dropped where it only repeats method and architecture.
+    """
+    checkpoint, method, arch = _text(checkpoint), _text(method), _text(arch)
+    if checkpoint.startswith("random:") or method == "random":
+        return f"random init {arch or checkpoint.partition(':')[2]}"
+    if method in ("timm", "foreign") and checkpoint:
+        return checkpoint
+    base = " ".join(part for part in (method, arch) if part)
+    if not base:
+        return checkpoint or "(unlabelled checkpoint)"
+    if checkpoint in ("", base, f"{method}:{arch}"):
+        return base
+    return f"{base} ({checkpoint})"
+
+
+def _row_kind(checkpoint, method) -> str:
+    return "random" if _text(checkpoint).startswith("random:") or _text(method) == "random" else "measured"
+
+
+@dataclass
+class ComparisonTable:
+    """One comparison table; ``cells`` is its long form, one row per (row, column).
+
+    ``cells`` columns: ``row, kind, protocol, dataset, metric, mean, std, n, ci_low,
+    ci_high, source, note``; ``improvements``: ``row, target, protocol, dataset, metric,
+    delta`` (positive = target better than the baseline). The wide views (``mean``,
+    ``std``, ``count``, ``ci_low``, ``ci_high``, ``best``, ``improvement``) share one
+    row order and one column order (``columns``).
+    """
+
+    cells: pd.DataFrame
+    improvements: pd.DataFrame
+    rows: list[str]
+    columns: list[tuple]
+    baseline: str | None = None
+    digits: int = 1
+    n_boot: int = DEFAULT_BOOTSTRAP
+    confidence: float = DEFAULT_CONFIDENCE
+    seed: int = DEFAULT_SEED
+    title: str = "ssl-bench leaderboard"
+    improvement_rows: list[str] = field(default_factory=list)
+
+    # ----------------------------------------------------------------- wide views
+    def _wide(self, stat: str, frame: pd.DataFrame | None = None, rows=None) -> pd.DataFrame:
+        frame = self.cells if frame is None else frame
+        rows = self.rows if rows is None else rows
+        index = pd.MultiIndex.from_tuples(self.columns, names=COLUMN_LEVELS) if self.columns else None
+        if frame.empty:
+            return pd.DataFrame(index=pd.Index(rows, name="model"), columns=index, dtype=float)
+        wide = frame.pivot_table(index="row", columns=COLUMN_LEVELS, values=stat, aggfunc="first",
+                                 dropna=False)
+        wide = wide.reindex(index=rows, columns=index).astype(float)
+        wide.index.name = "model"
+        return wide
+
+    @property
+    def mean(self) -> pd.DataFrame:
+        return self._wide("mean")
+
+    @property
+    def std(self) -> pd.DataFrame:
+        return self._wide("std")
+
+    @property
+    def count(self) -> pd.DataFrame:
+        return self._wide("n")
+
+    @property
+    def ci_low(self) -> pd.DataFrame:
+        return self._wide("ci_low")
+
+    @property
+    def ci_high(self) -> pd.DataFrame:
+        return self._wide("ci_high")
+
+    @property
+    def improvement(self) -> pd.DataFrame:
+        return self._wide("delta", self.improvements, self.improvement_rows)
+
+    @property
+    def kinds(self) -> pd.Series:
+        """Row label -> ``measured``, ``random`` or ``reported``."""
+        kinds = self.cells.drop_duplicates("row").set_index("row")["kind"] if not self.cells.empty \
+            else pd.Series(dtype=str)
+        return kinds.reindex(self.rows)
+
+    @property
+    def best(self) -> pd.DataFrame:
+        """True where a cell holds the column's best mean (after rounding to ``digits``; ties
+        all marked); only in columns with at least two values."""
+        mean = self.mean.round(self.digits)
+        best = pd.DataFrame(False, index=mean.index, columns=mean.columns)
+        for col in mean.columns:
+            values = mean[col].dropna()
+            if len(values) < 2:
+                continue
+            target = values.min() if lower_is_better(col[2]) else values.max()
+            best[col] = mean[col] == target
+        return best
+
+    # ---------------------------------------------------------------- cell text
+    def cell_text(self) -> pd.DataFrame:
+        """Display strings: value rows then improvement rows; ``–`` where nothing."""
+        d = self.digits
+        mean, std, low, high = self.mean, self.std, self.ci_low, self.ci_high
+        text = pd.DataFrame(MISSING, index=mean.index, columns=mean.columns, dtype=object)
+        for row in mean.index:
+            for col in mean.columns:
+                m = mean.at[row, col]
+                if np.isnan(m):
+                    continue
+                cell = f"{m:.{d}f}"
+                if not np.isnan(std.at[row, col]):
+                    cell += f" ± {std.at[row, col]:.{d}f}"
+                if not np.isnan(low.at[row, col]):
+                    cell += f" [{low.at[row, col]:.{d}f}, {high.at[row, col]:.{d}f}]"
+                text.at[row, col] = cell
+        if self.improvement_rows:
+            delta = self.improvement
+            extra = delta.map(lambda v: MISSING if np.isnan(v) else f"{v:+.{d}f}").astype(object)
+            text = pd.concat([text, extra])
+        text.index.name = "model"
+        return text
+
+    def _row_kind_of(self, label: str) -> str:
+        if label in self.improvement_rows:
+            return "improvement"
+        if "_kind_cache" not in self.__dict__:
+            self.__dict__["_kind_cache"] = self.kinds.to_dict()
+        return str(self.__dict__["_kind_cache"].get(label, "measured"))
+
+    def legend(self) -> list[str]:
+        pct = f"{100 * self.confidence:g}%"
+        cells = ("Cells: mean over repeats (seeds / splits / re-runs); `± std` = sample standard "
+                 "deviation when there are several")
+        if self.cells["ci_low"].notna().any():
+            cells += (f"; `[low, high]` = {pct} percentile bootstrap interval of the mean from the "
+                      f"stored per-sample predictions (B = {self.n_boot} resamples, seed {self.seed})")
+        lines = [cells + ".", "Bold: best value per column (lower is better only for error metrics); "
+                 "`–`: not evaluated."]
+        if (self.cells["kind"] == "reported").any():
+            lines.append("Rows marked (reported) are published numbers (leaderboards/reported.csv: paper "
+                         "and table in its `source` column), not measured here; their `±` is the paper's.")
+        if self.baseline is not None:
+            lines.append(f"Improve w.r.t. {_short(self.baseline)}: difference of the means to the row "
+                         f"{self.baseline} (positive = better).")
+        return lines
+
+    # ---------------------------------------------------------------- renderers
+    def render(self, fmt: str) -> str:
+        if fmt not in TEXT_FORMATS:
+            raise UserError(f"--format {fmt}: unknown text format; valid: {', '.join(TEXT_FORMATS)} "
+                            "(png is written as a file: write_leaderboard or --out)")
+        return {"md": self.to_markdown, "csv": self.to_csv, "tex": self.to_latex,
+                "html": self.to_html}[fmt]()
+
+    def to_markdown(self) -> str:
+        if not self.rows:
+            return "(no results)\n"
+        text, best = self.cell_text(), self.best
+        for row in best.index:
+            for col in best.columns:
+                if best.at[row, col]:
+                    text.at[row, col] = f"**{text.at[row, col]}**"
+        text.columns = [" / ".join(map(str, col)) for col in text.columns]
+        text.index = [f"*{r}*" if r in self.improvement_rows else r for r in text.index]
+        text = text.map(lambda s: str(s).replace("|", "\\|"))
+        text.index = [str(r).replace("|", "\\|") for r in text.index]
+        text.index.name = "model"
+        body = text.to_markdown(colalign=("left",) + ("right",) * len(text.columns))
+        return body + "\n\n" + "\n".join(self.legend()) + "\n"
+
+    def to_csv(self) -> str:
+        """Long form: one line per cell and per improvement, every statistic as a number."""
+        best = self.best
+        cells = self.cells.copy()
+        cells["best"] = [bool(best.at[r, (p, d, m)]) if (p, d, m) in best.columns else False
+                         for r, p, d, m in zip(cells["row"], cells["protocol"], cells["dataset"],
+                                               cells["metric"])]
+        imp = self.improvements.rename(columns={"delta": "mean"}).assign(kind="improvement")
+        out = pd.concat([cells, imp], ignore_index=True)
+        columns = ["row", "kind", "protocol", "dataset", "metric", "mean", "std", "n", "ci_low",
+                   "ci_high", "best", "target", "source", "note"]
+        for column in columns:
+            if column not in out.columns:
+                out[column] = None
+        return out[columns].to_csv(index=False, float_format="%.6g")
+
+    def _css(self) -> pd.DataFrame:
+        text, best = self.cell_text(), self.best
+        css = pd.DataFrame("", index=text.index, columns=text.columns, dtype=object)
+        for row in text.index:
+            kind = self._row_kind_of(row)
+            for col in text.columns:
+                style = {"reported": "color:#555;font-style:italic;background-color:#f6f6f6;",
+                         "random": "color:#777;"}.get(kind, "")
+                if kind == "improvement":
+                    value = str(text.at[row, col])
+                    style = ("color:#1a7f37;" if value.startswith("+") and value.strip("+0.") else
+                             "color:#b42318;" if value.startswith("-") else "color:#555;")
+                elif row in best.index and best.at[row, col]:
+                    style += "font-weight:bold;background-color:#dcefdc;"
+                css.at[row, col] = style
+        return css
+
+    def to_html(self, *, figures: bool = True) -> str:
+        """A standalone page: the table (grouped headers), legend, figures (embedded PNG)."""
+        parts = [f"<h1>{html.escape(self.title)}</h1>"]
+        if not self.rows:
+            parts.append("<p>(no results)</p>")
+        else:
+            text = self.cell_text()
+            styler = (text.style.format(escape="html").format_index(escape="html", axis=0)
+                      .format_index(escape="html", axis=1).apply(lambda _: self._css(), axis=None))
+            styler = styler.apply_index(
+                lambda labels: [{"reported": "font-style:italic;color:#555;",
+                                 "random": "color:#777;",
+                                 "improvement": "font-style:italic;color:#1f4e79;"}.get(
+                                     self._row_kind_of(v), "") for v in labels], axis=0)
+            styler = styler.set_table_attributes('class="leaderboard"')
+            parts.append(f'<div class="scroll">{styler.to_html()}</div>')
+            parts.append("<ul class='legend'>" + "".join(
+                f"<li>{html.escape(line).replace('`', '')}</li>" for line in self.legend()) + "</ul>")
+            parts.append(self._sources_html())
+            if figures:
+                parts.append(self._figures_html())
+        style = ("body{font-family:'DejaVu Sans',Arial,sans-serif;margin:24px;color:#222}"
+                 "h1{font-size:22px}h2{font-size:18px;margin-top:28px}"
+                 ".scroll{overflow-x:auto}"
+                 "table.leaderboard{border-collapse:collapse;font-size:13px}"
+                 "table.leaderboard th,table.leaderboard td{padding:4px 8px;border:1px solid #ddd;"
+                 "text-align:right;white-space:nowrap}"
+                 "table.leaderboard thead th{background:#eef2f7;text-align:center}"
+                 "table.leaderboard tbody th{text-align:left}"
+                 ".legend{font-size:12px;color:#444}img{max-width:100%;border:1px solid #eee}"
+                 "table.sources{font-size:12px;border-collapse:collapse}"
+                 "table.sources td{padding:2px 8px;border-bottom:1px solid #eee}")
+        return ("<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+                f"<title>{html.escape(self.title)}</title><style>{style}</style></head><body>\n"
+                + "\n".join(parts) + "\n</body></html>\n")
+
+    def _sources_html(self) -> str:
+        reported = self.cells[self.cells["kind"] == "reported"]
+        if reported.empty:
+            return ""
+        rows = reported.drop_duplicates(["row", "source", "note"])
+        lines = "".join(f"<tr><td>{html.escape(r.row)}</td><td>{html.escape(_text(r.source))}</td>"
+                        f"<td>{html.escape(_text(r.note))}</td></tr>"
+                        for r in rows.itertuples())
+        return ("<details><summary>Sources of the reported numbers</summary>"
+                f"<table class='sources'>{lines}</table></details>")
+
+    def figure_pngs(self) -> dict[str, bytes]:
+        """PNG bytes: ``overview`` then one per protocol (rendered once, then cached)."""
+        if "_png_cache" not in self.__dict__:
+            from .plots import figure_png, overview_figure, protocol_figure
+
+            pngs = {"overview": figure_png(overview_figure(self))}
+            for protocol in self.protocols():
+                pngs[protocol] = figure_png(protocol_figure(self, protocol))
+            self.__dict__["_png_cache"] = pngs
+        return self.__dict__["_png_cache"]
+
+    def _figures_html(self) -> str:
+        out = []
+        for name, png in self.figure_pngs().items():
+            out += [f"<h2>{html.escape(name if name != 'overview' else 'Overview')}</h2>", _img(png, name)]
+        return "\n".join(out)
+
+    def to_latex(self) -> str:
+        if not self.rows:
+            return "% (no results)\n"
+        text = self.cell_text()
+        css = self._css().map(lambda s: "font-weight: bold;" if "bold" in s else "")
+        styler = (text.style.apply(lambda _: css, axis=None)
+                  .format(escape="latex").format_index(escape="latex", axis=0)
+                  .format_index(escape="latex", axis=1))
+        latex = styler.to_latex(hrules=True, multicol_align="c", convert_css=True,
+                                column_format="l" + "r" * len(text.columns))
+        return latex.replace("±", r"$\pm$").replace(MISSING, "--")
+
+    # ---------------------------------------------------------------- files
+    def protocols(self) -> list[str]:
+        return list(dict.fromkeys(col[0] for col in self.columns))
+
+    def write(self, out_stem: Path, formats=("md", "csv", "html", "png")) -> dict[str, list[Path]]:
+        """Write ``out_stem.<fmt>`` per format; ``png`` also ``out_stem.<protocol>.png``."""
+        from ..atomic import atomic_write, atomic_write_bytes
+
+        formats = check_formats(formats)
+        out_stem = Path(out_stem)
+        written: dict[str, list[Path]] = {}
+        for fmt in formats:
+            if fmt == "png":
+                paths = []
+                for name, png in self.figure_pngs().items():
+                    suffix = ".png" if name == "overview" else \
+                        "." + re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".png"
+                    paths.append(atomic_write_bytes(_with_suffix(out_stem, suffix), png))
+                written[fmt] = paths
+            else:
+                text = self.render(fmt)
+                path = _with_suffix(out_stem, f".{fmt}")
+                atomic_write(path, lambda tmp, text=text: tmp.write_text(text))
+                written[fmt] = [path]
+        return written
+
+
+def _with_suffix(stem: Path, suffix: str) -> Path:
+    return stem.parent / (stem.name + suffix)
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def check_formats(formats) -> list[str]:
+    formats = [formats] if isinstance(formats, str) else list(formats)
+    for fmt in formats:
+        if fmt not in FILE_FORMATS:
+            raise UserError(f"format {fmt!r}: unknown; valid: {', '.join(FILE_FORMATS)}")
+    return formats
+
+
+# -------------------------------------------------------------------- building
+def _measured_cells(records: pd.DataFrame, *, n_boot: int, confidence: float, seed: int) -> pd.DataFrame:
+    from ..results import load_predictions
+
+    records = records.copy()
+    for column in ("method", "arch", "checkpoint_sha256", "predictions", "predictions_key",
+                   "predictions_scale", "file"):
+        if column not in records.columns:
+            records[column] = None
+    records["row"] = [measured_label(c, m, a) for c, m, a in
+                      zip(records["checkpoint"], records["method"], records["arch"])]
+    records["kind"] = [_row_kind(c, m) for c, m in zip(records["checkpoint"], records["method"])]
+    # one label, several different checkpoints (same name, other weights): tell them apart
+    hashes = records.groupby("row")["checkpoint_sha256"].nunique()
+    for row in hashes[hashes > 1].index:
+        mask = records["row"] == row
+        records.loc[mask, "row"] = [f"{row} #{_text(h)[:8]}" for h in records.loc[mask, "checkpoint_sha256"]]
+    if "file" in records.columns:
+        records = records.sort_values("file", kind="stable", na_position="last")
+    cache: dict[str, dict] = {}
+    out = []
+    for (row, protocol, dataset, metric), group in records.groupby(["row"] + COLUMN_LEVELS, sort=False):
+        mean, std, n = mean_std(group["value"].astype(float))
+        low = high = float("nan")
+        preds = group["predictions"]
+        if n_boot > 0 and preds.notna().all() and preds.map(lambda p: bool(_text(p))).all():
+            samples = []
+            for path, key in zip(preds, group["predictions_key"]):
+                if path not in cache:
+                    cache[path] = load_predictions(path)
+                samples.append(cache[path][key])
+            low, high = bootstrap_ci(samples, scales=group["predictions_scale"].astype(float).tolist(),
+                                     n_boot=n_boot, confidence=confidence, seed=seed)
+        out.append({"row": row, "kind": group["kind"].iloc[0], "protocol": protocol, "dataset": dataset,
+                    "metric": metric, "mean": mean, "std": std, "n": n, "ci_low": low, "ci_high": high,
+                    "source": "measured", "note": ""})
+    return pd.DataFrame(out)
+
+
+def _reported_cells(reported: pd.DataFrame) -> pd.DataFrame:
+    out = []
+    for r in reported.itertuples(index=False):
+        out.append({"row": reported_label(r.method, r.architecture, r.epochs), "kind": "reported",
+                    "protocol": r.protocol, "dataset": r.dataset, "metric": r.metric,
+                    "mean": float(r.value), "std": float(r.std) if pd.notna(r.std) else float("nan"),
+                    "n": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
+                    "source": r.source, "note": _text(r.note)})
+    cells = pd.DataFrame(out)
+    if not cells.empty:
+        dup = cells.duplicated(["row"] + COLUMN_LEVELS, keep=False)
+        if dup.any():
+            first = cells[dup].iloc[0]
+            raise UserError(f"reported numbers: {first['row']} has several values for "
+                            f"{first['protocol']} / {first['dataset']} / {first['metric']}; keep one "
+                            "row per (method, architecture, epochs, protocol, dataset, metric)")
+    return cells
+
+
+def _short(row: str) -> str:
+    """A row label without its trailing ``(checkpoint label)``."""
+    return re.sub(r" \((?!reported\))[^()]*\)$", "", row)
+
+
+def resolve_row(name: str, table_rows: list[str], cells: pd.DataFrame, *, what: str = "--baseline") -> str:
+    """A row label from a user's name: the exact row label, a checkpoint label or a method."""
+    if name in table_rows:
+        return name
+    lowered = name.lower()
+    matches = [row for row in table_rows
+               if row.lower().startswith(lowered + " ") or f"({lowered})" in row.lower()
+               or row.lower() == f"{lowered} (reported)"]
+    measured = [row for row in matches if not row.endswith("(reported)")]
+    matches = measured or matches
+    if len(matches) == 1:
+        return matches[0]
+    valid = "; ".join(table_rows) or "(no rows)"
+    if not matches:
+        raise UserError(f"{what} {name!r}: no such row; valid: {valid} "
+                        "(a row label, a checkpoint label or a method name)")
+    raise UserError(f"{what} {name!r} matches several rows: {'; '.join(matches)}; give one full row label")
+
+
+def build_table(records: pd.DataFrame, *, reported=None, baseline: str | None = None,
+                targets: list[str] | None = None, n_boot: int = DEFAULT_BOOTSTRAP,
+                confidence: float = DEFAULT_CONFIDENCE, seed: int = DEFAULT_SEED, digits: int = 1,
+                reported_scope: str = "measured", title: str = "ssl-bench leaderboard") -> ComparisonTable:
+    """The comparison table of ``records`` (a ``load_results`` DataFrame).
+
+    reported: None/False (none), True (``leaderboards/reported.csv``), a CSV path or a
+        DataFrame in that CSV's columns; rows labelled ``... (reported)``.
+    reported_scope: ``measured`` keeps reported rows of the protocols that have measured
+        results (all if there are none); ``all`` keeps every reported row.
+    baseline: row to compare with (row label, checkpoint label or method name); adds one
+        "Improve w.r.t. <baseline>" row per target (default: every measured row but it).
+    n_boot: bootstrap resamples (0: no intervals); confidence, seed: see ``stats``.
+    """
+    if reported_scope not in REPORTED_SCOPES:
+        raise UserError(f"reported_scope {reported_scope!r}: unknown; valid: {', '.join(REPORTED_SCOPES)}")
+    if not 0 < confidence < 1:
+        raise UserError(f"--confidence {confidence}: must lie strictly between 0 and 1, e.g. 0.95")
+    if n_boot < 0:
+        raise UserError(f"--bootstrap {n_boot}: must be >= 0 (0 disables intervals)")
+    measured = (_measured_cells(records, n_boot=n_boot, confidence=confidence, seed=seed)
+                if records is not None and not records.empty else pd.DataFrame())
+    parts = [measured] if not measured.empty else []
+    if reported is not None and reported is not False:
+        table = reported if isinstance(reported, pd.DataFrame) else \
+            load_reported(None if reported is True else reported)
+        if reported_scope == "measured" and not measured.empty:
+            table = table[table["protocol"].isin(set(measured["protocol"]))]
+        rep = _reported_cells(table)
+        if not rep.empty:
+            parts.append(rep)
+    cells = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["row", "kind"] + COLUMN_LEVELS + ["mean", "std", "n", "ci_low", "ci_high", "source", "note"])
+    if not cells.empty:
+        order = cells.drop_duplicates("row")
+        rows = sorted(order["row"], key=lambda r: (KIND_ORDER[order.set_index("row").at[r, "kind"]],
+                                                   _natural(r)))
+        columns = sorted(set(zip(cells["protocol"], cells["dataset"], cells["metric"])), key=_column_key)
+    else:
+        rows, columns = [], []
+    improvements = pd.DataFrame(columns=["row", "target"] + COLUMN_LEVELS + ["delta"])
+    improvement_rows: list[str] = []
+    base = None
+    if baseline is not None:
+        base = resolve_row(baseline, rows, cells)
+        kinds = cells.drop_duplicates("row").set_index("row")["kind"]
+        if targets:
+            target_rows = [resolve_row(t, rows, cells, what="--target") for t in targets]
+        else:
+            target_rows = [r for r in rows if r != base and kinds[r] != "reported"]
+        target_rows = [t for t in dict.fromkeys(target_rows) if t != base]
+        means = cells.set_index(["row"] + COLUMN_LEVELS)["mean"]
+        records_out = []
+        for target in target_rows:
+            label = (f"{_short(target)}: improve w.r.t. {_short(base)}" if len(target_rows) > 1
+                     else f"Improve w.r.t. {_short(base)}")
+            improvement_rows.append(label)
+            for col in columns:
+                t, b = means.get((target, *col)), means.get((base, *col))
+                if t is None or b is None:
+                    continue
+                delta = (b - t) if lower_is_better(col[2]) else (t - b)
+                records_out.append({"row": label, "target": target, "protocol": col[0],
+                                    "dataset": col[1], "metric": col[2], "delta": float(delta)})
+        if records_out:
+            improvements = pd.DataFrame(records_out)
+    return ComparisonTable(cells=cells, improvements=improvements, rows=rows, columns=columns,
+                           baseline=base, digits=digits, n_boot=n_boot, confidence=confidence, seed=seed,
+                           title=title, improvement_rows=improvement_rows)

@@ -1,0 +1,70 @@
+"""Projector / MLP builders and small loss helpers shared by the methods."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 3, *, bias: bool = True,
+        norm: str | None = "bn", act: str = "gelu", last_norm: str | None = None,
+        last_affine: bool = True) -> nn.Sequential:
+    """Linear(-BN-act) x (layers-1) then Linear(-lastBN): ``fc1, bn1, act1, fc2, ...``.
+
+    Names follow MSN's head (``fc1``/``bn1``/``gelu1``...), so parameter-group rules that
+    look for ``bn`` in a name behave as in the official code.
+    """
+    acts = {"gelu": nn.GELU, "relu": lambda: nn.ReLU(inplace=True)}
+    modules: OrderedDict[str, nn.Module] = OrderedDict()
+    for i in range(layers):
+        d_in = in_dim if i == 0 else hidden_dim
+        d_out = out_dim if i == layers - 1 else hidden_dim
+        modules[f"fc{i + 1}"] = nn.Linear(d_in, d_out, bias=bias)
+        if i < layers - 1:
+            if norm == "bn":
+                modules[f"bn{i + 1}"] = nn.BatchNorm1d(d_out)
+            modules[f"{act}{i + 1}"] = acts[act]()
+        elif last_norm == "bn":
+            modules[f"bn{i + 1}"] = nn.BatchNorm1d(d_out, affine=last_affine)
+    return nn.Sequential(modules)
+
+
+def trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:
+    """Linear weights ~ truncated normal(std), biases 0 (MSN ``init_model``, BEiT ``_init_weights``)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class AllReduceMean(torch.autograd.Function):
+    """Mean across ranks in the forward pass, identity gradient (msn src/utils.py ``AllReduce``)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        if distributed():
+            x = x.contiguous() / dist.get_world_size()
+            dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad
+
+
+def info_nce(queries: Tensor, keys: Tensor, positives: Tensor, temperature: float) -> Tensor:
+    """Cross-entropy of ``queries @ keys.T / t`` against the positive key indices.
+
+    ``queries`` (Q, D) and ``keys`` (K, D) are L2-normalised here; ``positives`` (Q,) long.
+    """
+    queries = nn.functional.normalize(queries, dim=-1)
+    keys = nn.functional.normalize(keys, dim=-1)
+    return nn.functional.cross_entropy(queries @ keys.T / temperature, positives)

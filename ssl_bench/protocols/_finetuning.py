@@ -1,0 +1,301 @@
+"""The fine-tuning loop both fine-tuning protocols share (``finetune_1pct``, ``finetune``).
+
+The network is a timm classifier (``timm.create_model(arch, num_classes=C, ...)``) loaded
+with the checkpoint's encoder weights, so the fine-tuned result is a plain timm model that
+``_heads.load_classifier`` rebuilds. The protocol supplies the parameter groups (each with
+``base_lr`` and ``min_lr``); this module does the rest:
+
+* transforms: eval = resize + centre crop (as the other protocols); train = ``simple``
+  (RandomResizedCrop + flip: Barlow Twins evaluate.py) or ``timm`` (timm ``create_transform``
+  with RandAugment ``rand-m9-mstd0.5-inc1`` and random erasing: MAE main_finetune.py);
+  the checkpoint's input filter (e.g. MSCN high-pass) is applied last;
+* mixup / cutmix through ``timm.data.Mixup`` with ``SoftTargetCrossEntropy``, else label
+  smoothing (``timm.loss.LabelSmoothingCrossEntropy``), else cross-entropy;
+* per-iteration or per-epoch linear warmup + cosine lr (``ssl_bench.engine.warmup_cosine``);
+* bf16 autocast option, optional gradient clipping; the whole network in train mode
+  (BatchNorm statistics update, as Barlow Twins' ``model.train()``);
+* distributed: under ``torchrun`` (WORLD_SIZE > 1) the process group is set up through
+  ``ssl_bench.engine.init_distributed``; the model is wrapped in DDP, the training set
+  sampled by a ``DistributedSampler``, the val set split by index without padding and
+  the counts summed across ranks; rank 0 saves;
+* val top-1 / top-5 after every epoch; reported: max top-1 over epochs (what MAE and
+  Barlow Twins report) and the last epoch's; the best epoch's classifier is saved.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import timm
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..engine import init_distributed, warmup_cosine
+from ..errors import UserError
+from ..progress import log, progress
+from ._common import percent, records_for, topk_correct
+from ._features import HighPass, autocast, train_transform
+from ._heads import save_classifier
+
+
+# ----- the classifier ----------------------------------------------------------------------
+def build_classifier(arch: str, num_classes: int, *, img_size: int | None = None, patch_size: int | None = None,
+                     global_pool: str | None = None, fc_norm: bool | None = None, final_norm: bool = True,
+                     drop_path_rate: float = 0.0) -> nn.Module:
+    """A timm classifier of ``arch`` with a fresh ``num_classes`` head."""
+    kwargs: dict = {"pretrained": False, "num_classes": num_classes}
+    is_vit = arch.startswith(("vit_", "deit_"))
+    if drop_path_rate:
+        kwargs["drop_path_rate"] = drop_path_rate
+    if is_vit:
+        kwargs.update(dynamic_img_size=True)
+        for name, value in (("img_size", img_size), ("patch_size", patch_size), ("global_pool", global_pool),
+                            ("fc_norm", fc_norm)):
+            if value is not None:
+                kwargs[name] = value
+    try:
+        model = timm.create_model(arch, **kwargs)
+    except (RuntimeError, TypeError) as err:
+        raise UserError(f"cannot build a {arch} classifier ({err}); check the recipe's head keys") from None
+    if is_vit and not final_norm:
+        model.norm = nn.Identity()  # the checkpoint has no final norm (e.g. MSN target encoder)
+    return model
+
+
+def classifier_from_checkpoint(checkpoint, num_classes: int, recipe: dict, final_norm: bool) -> tuple[nn.Module, dict]:
+    """The checkpoint's encoder in a timm classifier; returns (model, kwargs to rebuild it)."""
+    backbone = checkpoint.backbone
+    head = recipe["head"]
+    kwargs = {"drop_path_rate": float(recipe["drop_path"])}
+    if backbone.is_vit:
+        kwargs.update(img_size=checkpoint.meta.get("img_size"), patch_size=backbone.patch_size,
+                      global_pool=head["pool"], fc_norm=head["fc_norm"], final_norm=final_norm)
+    model = build_classifier(backbone.arch, num_classes, **kwargs)
+    state = backbone.encoder_state_dict()
+    own = model.state_dict()
+    # MAE's global-pool head drops the final norm (models_vit.py: fc_norm replaces norm)
+    state = {k: v for k, v in state.items() if k in own}
+    missing = [k for k in own if k not in state]
+    allowed = ("head.", "fc_norm.", "fc.", "norm.")
+    bad = [k for k in missing if not k.startswith(allowed)]
+    if bad:
+        raise UserError(f"{checkpoint.label}: encoder weights lack {', '.join(bad[:3])} for the {backbone.arch} "
+                        "classifier; check the architecture")
+    model.load_state_dict(state, strict=False)
+    classifier = model.get_classifier()
+    std = float(head["init_std"])
+    if head["init"] == "trunc_normal":
+        nn.init.trunc_normal_(classifier.weight, std=std)  # MAE main_finetune.py: std 2e-5
+    elif head["init"] == "normal":
+        nn.init.normal_(classifier.weight, std=std)  # Barlow Twins evaluate.py: std 0.01
+    else:
+        raise UserError(f"recipe key 'head.init': unknown init '{head['init']}'; valid: normal, trunc_normal")
+    nn.init.zeros_(classifier.bias)
+    return model, kwargs
+
+
+def classifier_params(model: nn.Module) -> tuple[list, list]:
+    """(classifier parameters, all others) of a timm classifier."""
+    head_ids = {id(p) for p in model.get_classifier().parameters()}
+    head = [p for p in model.parameters() if id(p) in head_ids]
+    rest = [p for p in model.parameters() if id(p) not in head_ids]
+    return head, rest
+
+
+# ----- transforms --------------------------------------------------------------------------
+def _patch_posterize_zero_bits() -> None:
+    """timm's RandAugment ('inc1' increasing levels) asks PIL to keep 0 bits at magnitude 10; Pillow >= 11
+    refuses (``bits must be between or equal to 1 and 8``) where older Pillow returned a black image. Map
+    0 bits back to that result so MAE's ``rand-m9-mstd0.5-inc1`` runs on this stack as it did for MAE."""
+    from PIL import Image, ImageOps
+    from timm.data import auto_augment
+
+    try:
+        ImageOps.posterize(Image.new("RGB", (1, 1)), 0)
+        return  # this Pillow still accepts 0 bits
+    except ValueError:
+        pass
+    original = auto_augment.posterize
+
+    def posterize(img, bits_to_keep, **kwargs):
+        if bits_to_keep <= 0:
+            return Image.new(img.mode, img.size)  # keep no bit: all zeros, as Pillow < 11 did
+        return original(img, bits_to_keep, **kwargs)
+
+    for name, op in list(auto_augment.NAME_TO_OP.items()):
+        if op is original:
+            auto_augment.NAME_TO_OP[name] = posterize
+
+
+def finetune_train_transform(recipe: dict, input_filter: dict | None):
+    tcfg, aug = recipe["transform"], recipe["augment"]
+    if aug["kind"] == "simple":
+        return train_transform(tcfg, input_filter)
+    if aug["kind"] != "timm":
+        raise UserError(f"recipe key 'augment.kind': unknown '{aug['kind']}'; valid: simple, timm")
+    from timm.data import create_transform
+
+    _patch_posterize_zero_bits()
+    transform = create_transform(
+        input_size=int(tcfg["crop"]), is_training=True, scale=tuple(tcfg["train_scale"]),
+        color_jitter=aug["color_jitter"], auto_augment=aug["auto_augment"] or None,
+        interpolation=tcfg["interpolation"], mean=tuple(tcfg["mean"]), std=tuple(tcfg["std"]),
+        re_prob=float(aug["reprob"]), re_mode=aug["remode"], re_count=int(aug["recount"]))
+    if input_filter:
+        transform.transforms.append(HighPass(input_filter["sigma"]))
+    return transform
+
+
+def _loss_and_mixup(recipe: dict, num_classes: int):
+    aug = recipe["augment"]
+    if aug["mixup"] > 0 or aug["cutmix"] > 0:
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+
+        mixup = Mixup(mixup_alpha=aug["mixup"], cutmix_alpha=aug["cutmix"], prob=aug["mixup_prob"],
+                      switch_prob=aug["mixup_switch_prob"], mode=aug["mixup_mode"],
+                      label_smoothing=aug["smoothing"], num_classes=num_classes)
+        return SoftTargetCrossEntropy(), mixup
+    if aug["smoothing"] > 0:
+        from timm.loss import LabelSmoothingCrossEntropy
+
+        return LabelSmoothingCrossEntropy(smoothing=aug["smoothing"]), None
+    return nn.CrossEntropyLoss(), None
+
+
+# ----- distributed helpers -----------------------------------------------------------------
+def _distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and device.type == "cuda":
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    world, rank = init_distributed(device) if not dist.is_initialized() else (dist.get_world_size(), dist.get_rank())
+    return world, rank, device
+
+
+class _Shard(torch.utils.data.Dataset):
+    """Every ``world``-th sample from ``rank`` (val under DDP: no padding, no double counting)."""
+
+    def __init__(self, dataset, rank: int, world: int):
+        self.dataset, self.indices = dataset, list(range(rank, len(dataset), world))
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.dataset[self.indices[i]]
+
+
+@torch.no_grad()
+def evaluate_classifier(model: nn.Module, loader, device, bf16: bool, world: int) -> tuple[float, float, int]:
+    """(top-1 %, top-5 %, n) over the loader, summed across ranks."""
+    model.eval()
+    counts = torch.zeros(3, dtype=torch.float64, device=device)
+    for images, labels in progress(loader, desc="val", unit="batch"):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with autocast(device, bf16):
+            logits = model(images).float()
+        c1, c5 = topk_correct(logits, labels, (1, 5))
+        counts += torch.tensor([c1, c5, len(labels)], dtype=torch.float64, device=device)
+    if world > 1:
+        dist.all_reduce(counts)
+    n = int(counts[2])
+    return percent(counts[0], n), percent(counts[1], n), n
+
+
+# ----- the loop ----------------------------------------------------------------------------
+def run_finetuning(ctx, recipe: dict, *, protocol: str, data, train_dataset, model: nn.Module,
+                   param_groups: list[dict], optimizer: str, spec, model_kwargs: dict,
+                   extra: dict | None = None) -> list[dict]:
+    """Train ``model`` on ``train_dataset``, evaluate on ``data.val`` every epoch, save the best.
+
+    ``param_groups``: dicts with ``params``, ``base_lr``, ``min_lr``, ``weight_decay``.
+    ``optimizer``: ``sgd`` (momentum ``optim.momentum``) or ``adamw`` (``optim.betas``).
+    """
+    world, rank, device = _distributed(ctx.device)
+    torch.manual_seed(int(recipe["seed"]) + rank)
+    sched, optim = recipe["schedule"], recipe["optim"]
+    epochs, batch = int(recipe["epochs"]), int(recipe["train_batch_size"])
+    if batch % world:
+        raise UserError(f"recipe key 'train_batch_size': {batch} does not split over {world} processes")
+    per_rank = batch // world
+    bf16 = bool(recipe["bf16"])
+    num_classes = len(data.classes)
+    criterion, mixup = _loss_and_mixup(recipe, num_classes)
+    if mixup is not None and per_rank % 2:
+        raise UserError(f"recipe key 'train_batch_size': mixup/cutmix need an even batch per process, got {per_rank}")
+
+    model.to(device)
+    for group in param_groups:
+        group["lr"] = group["base_lr"]
+    # fused kernels: the same update rule, several times faster on CPU than the per-tensor loop
+    fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(param_groups, lr=param_groups[0]["base_lr"], momentum=float(optim["momentum"]), **fused)
+    elif optimizer == "adamw":
+        opt = torch.optim.AdamW(param_groups, lr=param_groups[0]["base_lr"], betas=tuple(optim["betas"]), **fused)
+    else:
+        raise UserError(f"recipe key 'optim.name': unknown optimiser '{optimizer}'; valid: sgd, adamw")
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    sampler = (torch.utils.data.DistributedSampler(train_dataset, num_replicas=world, rank=rank, shuffle=True,
+                                                   seed=int(recipe["seed"])) if world > 1 else None)
+    drop_last = len(train_dataset) >= batch and (mixup is not None or bool(recipe["drop_last"]))
+    loader = torch.utils.data.DataLoader(
+        train_dataset, batch_size=per_rank, shuffle=sampler is None, sampler=sampler, drop_last=drop_last,
+        num_workers=int(recipe["num_workers"]), pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(int(recipe["seed"])) if sampler is None else None)
+    val_set = _Shard(data.val, rank, world) if world > 1 else data.val
+    val_loader = torch.utils.data.DataLoader(val_set, batch_size=int(recipe["batch_size"]), shuffle=False,
+                                             num_workers=int(recipe["num_workers"]))
+    ipe = max(1, len(loader))
+    total, warmup = epochs * ipe, float(sched["warmup_epochs"]) * ipe
+    clip = recipe["optim"]["clip_grad"]
+    history = []
+    best = (-1.0, None, None)  # (top1, epoch, state)
+    for epoch in progress(range(epochs), desc=protocol, unit="epoch"):
+        net.train()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        for i, (images, labels) in enumerate(progress(loader, desc=f"epoch {epoch + 1}", unit="batch")):
+            step = epoch * ipe + (i if sched["per_iteration"] else 0)
+            for group in opt.param_groups:
+                group["lr"] = warmup_cosine(step, base=group["base_lr"], final=group["min_lr"],
+                                            warmup_steps=warmup, total_steps=total)
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            targets = labels
+            if mixup is not None:
+                images, targets = mixup(images, labels)
+            with autocast(device, bf16):
+                logits = net(images)
+            loss = criterion(logits.float(), targets)
+            if not torch.isfinite(loss):
+                raise UserError(f"{protocol}: loss is {loss.item()} at epoch {epoch + 1}, step {i}; "
+                                "lower the learning rate (optim.*lr*) or disable bf16")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip:
+                nn.utils.clip_grad_norm_(model.parameters(), float(clip))
+            opt.step()
+        top1, top5, n_val = evaluate_classifier(model, val_loader, device, bf16, world)
+        history.append((top1, top5))
+        if top1 > best[0]:
+            best = (top1, epoch, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+                    if recipe["save_classifier"] and rank == 0 else None)
+    top1_max, best_epoch = best[0], best[1]
+    log(f"{protocol}: top-1 {top1_max:.2f} at epoch {best_epoch + 1} of {epochs}")
+    if recipe["save_classifier"] and rank == 0:
+        model.load_state_dict(best[2])
+        save_classifier(ctx.results_dir, ctx.checkpoint.sha256, protocol, model.cpu(), {
+            "kind": "finetuned", "protocol": protocol, "arch": ctx.checkpoint.backbone.arch,
+            "num_classes": num_classes, "classes": data.classes, "model_kwargs": model_kwargs,
+            "feature_spec": spec.as_dict(), "transform": recipe["transform"], "epoch": best_epoch + 1,
+            "top1": top1_max, "dataset": data.name})
+    last1 = history[-1][0]
+    info = {"epochs": epochs, "best_epoch": best_epoch + 1, "n_train": len(train_dataset), "n_val": n_val,
+            "world_size": world, **(extra or {})}
+    return records_for(data.name, {"top1": top1_max, "top5": history[best_epoch][1], "top1_last": last1},
+                       spec, info)
+

@@ -1,0 +1,223 @@
+"""Engine tests: schedules, EMA, exact resume after SIGKILL, torchrun DDP, divergence, skip."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from ssl_bench import engine
+from ssl_bench.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+# ssl_bench importable from the checkout even when the package is not installed
+ENV = {**os.environ, "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+
+def make_images(root: Path, per_class: int = 10, classes: int = 2, size: int = 40) -> Path:
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        folder = root / "imagenet" / "train" / f"n{c:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            pixels[..., c % 3] = 220
+            Image.fromarray(pixels).save(folder / f"img{i}.JPEG")
+    (root / "imagenet" / "val").mkdir(parents=True, exist_ok=True)
+    return root
+
+
+TINY_MSN = """method: msn
+backbone: {{arch: vit_tiny_patch16_224, patch_size: 16}}
+data: {{root: {root}, batch_size: 2, num_workers: {workers}}}
+optim: {{epochs: 2, warmup_epochs: 1, lr: 0.0005, clip_grad: 3.0, ipe_scale: 1.25, step_offset: 1}}
+ema: {{schedule: linear, ipe_scale: 1.25}}
+msn: {{rand_size: 32, focal_size: 16, focal_views: 1, hidden_dim: 32, output_dim: 8, num_proto: 6}}
+checkpoint: {{every_steps: {every}}}
+"""
+
+
+def write_recipe(tmp_path: Path, data: Path, workers: int = 0, every: int = 5) -> Path:
+    path = tmp_path / "msn_test.yaml"
+    path.write_text(TINY_MSN.format(root=data, workers=workers, every=every))
+    return path
+
+
+def run_engine(recipe: Path, out: Path, env_extra: dict | None = None, sets=()) -> subprocess.CompletedProcess:
+    env = {**ENV, **(env_extra or {})}
+    cmd = [PY, "-m", "ssl_bench.engine", "--recipe", str(recipe), "--out", str(out), "--device", "cpu"]
+    for s in sets:
+        cmd += ["--set", s]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def final_state(run: Path) -> dict[str, torch.Tensor]:
+    meta = json.loads((run / "train_state.json").read_text())
+    return meta, load_file(str(run / meta["weights"]["file"]))
+
+
+# ----- schedules and EMA ------------------------------------------------------------------------
+def test_cosine_momentum_golden():
+    ema = {"schedule": "cosine", "start": 0.996, "end": 1.0, "ipe_scale": 1.0}
+    assert engine.momentum_at(0, ema, 1000) == pytest.approx(0.996)
+    assert engine.momentum_at(250, ema, 1000) == pytest.approx(1 - 0.002 * (1 + math.sqrt(0.5)))  # 0.99658579
+    assert engine.momentum_at(500, ema, 1000) == pytest.approx(0.998)
+    assert engine.momentum_at(1000, ema, 1000) == pytest.approx(1.0)
+
+
+def test_warmup_cosine_golden():
+    kw = {"base": 1.0, "final": 0.0, "warmup_steps": 10, "total_steps": 110, "start": 0.0}
+    assert engine.warmup_cosine(5, **kw) == pytest.approx(0.5)
+    assert engine.warmup_cosine(10, **kw) == pytest.approx(1.0)
+    assert engine.warmup_cosine(60, **kw) == pytest.approx(0.5)
+    assert engine.warmup_cosine(85, **kw) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.75)))
+    assert engine.warmup_cosine(200, **kw) == pytest.approx(0.0)  # clamped after the horizon
+
+
+def test_ema_update_golden():
+    online, teacher = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        online.weight.fill_(1.0), online.bias.fill_(-1.0), teacher.weight.fill_(3.0), teacher.bias.fill_(0.0)
+    engine.ema_update([(online, teacher)], 0.9)
+    assert torch.allclose(teacher.weight, torch.full((1, 2), 0.9 * 3 + 0.1 * 1))  # 2.8
+    assert torch.allclose(teacher.bias, torch.full((1,), -0.1))
+
+
+def test_epoch_order_splits_ranks_and_resumes():
+    orders = [engine.EpochOrder(11, 2, 2, r, seed=3) for r in range(2)]
+    full = [orders[r].batches(epoch=1) for r in range(2)]
+    assert orders[0].ipe == 2  # 11 // 2 ranks = 5 per rank, 2 whole batches of 2
+    seen = [i for r in range(2) for b in full[r] for _, i in b]
+    assert len(seen) == len(set(seen)) == 8
+    assert orders[0].batches(epoch=1, start=1) == full[0][1:]
+    assert orders[0].batches(epoch=2) != full[0]
+
+
+def test_lars_optimizer_builds(tmp_path):
+    recipe = engine.resolve_recipe(write_recipe(tmp_path, tmp_path), ["optim.name=lars"])
+    method = engine.build_method(recipe)
+    opt = engine.build_optimizer(method, recipe)
+    assert type(opt).__name__ == "Lars"
+    with pytest.raises(UserError, match="valid: adamw, lars"):
+        engine.build_optimizer(method, engine.resolve_recipe(write_recipe(tmp_path, tmp_path), ["optim.name=sgdx"]))
+
+
+# ----- whole runs ------------------------------------------------------------------------------------
+def test_resume_after_sigkill_is_exact(tmp_path):
+    data = make_images(tmp_path / "data", per_class=10)  # 20 images, batch 2 -> 10 steps/epoch, 20 steps
+    recipe = write_recipe(tmp_path, data, workers=1, every=5)
+    full = run_engine(recipe, tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-2000:]
+    killed = run_engine(recipe, tmp_path / "resumed", {"SSL_BENCH_KILL_AT_STEP": "13"})
+    assert killed.returncode == -signal.SIGKILL
+    meta, _ = final_state(tmp_path / "resumed")
+    assert meta["step"] == 10 and not (tmp_path / "resumed" / "checkpoint.json").exists()
+    resumed = run_engine(recipe, tmp_path / "resumed")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming at step 10" in resumed.stderr
+    meta_a, a = final_state(tmp_path / "full")
+    meta_b, b = final_state(tmp_path / "resumed")
+    assert meta_a["step"] == meta_b["step"] == 20
+    assert a.keys() == b.keys()
+    for key in a:
+        if not key.startswith("rng."):
+            assert torch.equal(a[key], b[key]), key
+    # the log holds each step once after the resume
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 21))
+    # nothing but safetensors + JSON (+ the YAML recipe and the log) in the run folder
+    assert {p.suffix for p in (tmp_path / "resumed").iterdir()} <= {".safetensors", ".json", ".yaml", ".jsonl"}
+
+
+def test_torchrun_two_ranks_hold_identical_weights(tmp_path):
+    data = make_images(tmp_path / "data", per_class=4)
+    recipe = write_recipe(tmp_path, data, workers=0, every=0)
+    env = ENV
+    torchrun = str(Path(PY).with_name("torchrun"))
+    out = tmp_path / "ddp"
+    # 8 images / 2 ranks / batch 2 -> 2 steps per epoch, 4 steps; a probe dumps each rank's weights
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import sys, torch, torch.distributed as dist\n"
+        "from ssl_bench import engine\n"
+        "orig = engine._save\n"
+        "def _save(run, method, optimizer, step, epoch, recipe, world, main):\n"
+        "    orig(run, method, optimizer, step, epoch, recipe, world, main)\n"
+        "    if step == 4:\n"
+        "        from safetensors.torch import save_file\n"
+        "        sd = {k: v.detach().clone().contiguous() for k, v in method.named_parameters()}\n"
+        f"        save_file(sd, r'{tmp_path}' + f'/rank{{dist.get_rank()}}.safetensors')\n"
+        "engine._save = _save\n"
+        "sys.exit(engine.main(sys.argv[1:]))\n")
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(probe),
+                           "--recipe", str(recipe), "--out", str(out), "--device", "cpu",
+                           "--set", "checkpoint.every_steps=2"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # parameters of the online and target networks (BN running statistics are rank-local on CPU,
+    # where SyncBatchNorm does not exist; DDP broadcasts rank 0's at each forward)
+    r0, r1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+    assert r0.keys() == r1.keys() and any(k.startswith("target_backbone.") for k in r0)
+    for key in r0:
+        assert torch.equal(r0[key], r1[key]), key
+    meta = json.loads((out / "train_state.json").read_text())
+    assert meta["step"] == 4 and meta["world_size"] == 2
+    init = engine.build_method(engine.resolve_recipe(recipe, []))
+    assert not torch.equal(init.state_dict()["prototypes"], r0["prototypes"])  # it did train
+    assert (out / "checkpoint.json").is_file()
+
+
+def test_non_finite_loss_stops_and_keeps_last_state(tmp_path, monkeypatch):
+    from ssl_bench.methods.msn import MSN
+
+    data = make_images(tmp_path / "data", per_class=4)
+    recipe = write_recipe(tmp_path, data, every=2)
+    original = MSN.loss
+
+    def loss(self, batch):
+        value, logs = original(self, batch)
+        return (value * float("nan"), logs) if self.step == 3 else (value, logs)
+
+    monkeypatch.setattr(MSN, "loss", loss)
+    with pytest.raises(engine.TrainingDiverged, match=r"non-finite loss .* at step 3 .*step 2\) is intact"):
+        engine.pretrain(recipe, [], tmp_path / "run", device="cpu")
+    meta, state = final_state(tmp_path / "run")
+    assert meta["step"] == 2 and all(torch.isfinite(v).all() for k, v in state.items() if v.is_floating_point())
+
+
+def test_finished_run_is_skipped_and_recipe_change_refused(tmp_path):
+    data = make_images(tmp_path / "data", per_class=2)
+    recipe = write_recipe(tmp_path, data, every=0)
+    sidecar = engine.pretrain(recipe, ["precision=bf16"], tmp_path / "run", device="cpu")
+    meta = json.loads(Path(sidecar).read_text())
+    assert meta["encoder"] == "target" and meta["eval"]["feature"] == "cls_prenorm" and meta["step"] == 4
+    stamp = Path(sidecar).stat().st_mtime_ns
+    assert engine.pretrain(recipe, ["precision=bf16"], tmp_path / "run", device="cpu") == sidecar
+    assert Path(sidecar).stat().st_mtime_ns == stamp
+    with pytest.raises(UserError, match="different recipe .*optim.lr"):
+        engine.pretrain(recipe, ["precision=bf16", "optim.lr=0.1"], tmp_path / "run", device="cpu")
+    from ssl_bench.checkpoints import load_spec
+
+    assert load_spec(str(tmp_path / "run")).eval["feature"] == "cls_prenorm"
+
+
+def test_bad_inputs_are_user_errors(tmp_path):
+    recipe = write_recipe(tmp_path, tmp_path / "missing")
+    with pytest.raises(UserError, match="no such folder"):
+        engine.pretrain(recipe, [], tmp_path / "run", device="cpu")
+    with pytest.raises(UserError, match="unknown method 'nope'"):
+        engine.resolve_recipe(recipe, ["method=nope"])
+    with pytest.raises(UserError, match="unknown key 'msn.bogus'"):
+        engine.resolve_recipe(recipe, ["msn.bogus=1"])

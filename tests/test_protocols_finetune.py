@@ -1,0 +1,89 @@
+"""Full fine-tuning (MAE recipe): layer decay groups, weight loading, a tiny run, saved classifier."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_protocols_common import context, make_imagefolder
+
+from ssl_bench.checkpoints import load_spec
+from ssl_bench.data.imagefolder import ImageFolderDataset
+from ssl_bench.protocols._features import eval_transform
+from ssl_bench.protocols._finetuning import build_classifier, classifier_from_checkpoint
+from ssl_bench.protocols._heads import load_classifier
+from ssl_bench.protocols.finetune import FineTune, layer_decay_groups
+from ssl_bench.recipes import load_defaults
+
+
+def _mae_layer_id(name: str, depth: int) -> int:
+    """MAE util/lr_decay.py get_layer_id_for_vit, written out."""
+    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def test_layer_decay_groups_follow_mae():
+    model = build_classifier("vit_tiny_patch16_224", 5, global_pool="avg")
+    depth = len(model.blocks)
+    groups = layer_decay_groups(model, lr=1e-3, min_lr=1e-6, weight_decay=0.05, layer_decay=0.65)
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen = set()
+    for group in groups:
+        for p in group["params"]:
+            name = names[id(p)]
+            seen.add(name)
+            scale = 0.65 ** (depth + 1 - _mae_layer_id(name, depth))
+            assert group["lr_scale"] == pytest.approx(scale), name
+            assert group["base_lr"] == pytest.approx(1e-3 * scale) and group["min_lr"] == pytest.approx(1e-6 * scale)
+            no_decay = p.ndim == 1 or name in ("cls_token", "pos_embed")
+            assert group["weight_decay"] == (0.0 if no_decay else 0.05), name
+    assert seen == set(names.values())
+
+
+def test_classifier_loads_encoder_and_replaces_norm_by_fc_norm():
+    ckpt = load_spec("random:vit_tiny_patch16_224")
+    recipe = load_defaults("protocols/finetune")
+    model, kwargs = classifier_from_checkpoint(ckpt, 4, recipe, final_norm=True)
+    enc = ckpt.backbone.model
+    torch.testing.assert_close(model.blocks[3].attn.qkv.weight, enc.blocks[3].attn.qkv.weight)
+    torch.testing.assert_close(model.pos_embed, enc.pos_embed)
+    assert isinstance(model.norm, torch.nn.Identity) and isinstance(model.fc_norm, torch.nn.LayerNorm)
+    # trunc_normal_(std=2e-5) with the absolute cut at +-2 (MAE / timm / torch): in effect normal(0, 2e-5)
+    assert model.head.weight.std().item() == pytest.approx(2e-5, rel=0.15)
+    assert not model.head.bias.any()
+    assert kwargs["global_pool"] == "avg" and kwargs["drop_path_rate"] == 0.1
+
+
+def test_finetune_tiny_run_saves_best_classifier(tmp_path):
+    tree = make_imagefolder(tmp_path / "data", classes=3, train=2, val=2)
+    ctx = context(tree, tmp_path / "results", "finetune", epochs=2, train_batch_size=6)
+    records = {r["metric"]: r for r in FineTune().run(ctx)}
+    assert set(records) == {"top1", "top5", "top1_last"}
+    assert records["top1"]["value"] >= records["top1_last"]["value"]
+    assert records["top5"]["value"] == 100.0  # 3 classes
+    model, meta = load_classifier(tmp_path / "results", ctx.checkpoint.sha256, "finetune")
+    assert meta["kind"] == "finetuned" and meta["classes"] == sorted(p.name for p in (tree / "val").iterdir())
+    # the saved network reproduces the reported (best-epoch) top-1 on val
+    val = ImageFolderDataset(tree / "val", eval_transform(ctx.recipe["transform"]))
+    images = torch.stack([val[i][0] for i in range(len(val))])
+    labels = np.array([label for _, label in val.samples])
+    with torch.no_grad():
+        top1 = 100 * (model(images).argmax(1).numpy() == labels).mean()
+    assert top1 == pytest.approx(records["top1"]["value"])
+
+
+def test_randaugment_posterize_at_full_magnitude_runs():
+    """MAE's rand-m9-mstd0.5-inc1 reaches magnitude 10, where timm asks PIL to keep 0 bits."""
+    from PIL import Image
+    from timm.data.auto_augment import AugmentOp
+
+    from ssl_bench.protocols._finetuning import finetune_train_transform
+
+    recipe = load_defaults("protocols/finetune")
+    finetune_train_transform(recipe, None)
+    op = AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)
+    img = Image.new("RGB", (8, 8), (200, 100, 50))
+    assert np.asarray(op(img)).max() == 0  # no bit kept: black, as Pillow < 11 returned
