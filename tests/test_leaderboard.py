@@ -269,7 +269,8 @@ def test_cli_leaderboard(store, tmp_path, capsys):
                  "--out", str(tmp_path / "fig.png")]) == 0
     assert (tmp_path / "fig.png").is_file() and (tmp_path / "fig.knn.png").is_file()
     capsys.readouterr()
-    assert main(["leaderboard", "--results", str(store), "--baseline", "dino"]) == 2
+    # --quiet silences the progress bar; the error line must still be printed, alone.
+    assert main(["--quiet", "leaderboard", "--results", str(store), "--baseline", "dino"]) == 2
     err = capsys.readouterr().err
     assert "--baseline 'dino'" in err and ROW_MSN in err and len(err.strip().splitlines()) == 1
     assert main(["leaderboard", "--results", str(store), "--format", "svg"]) == 2

@@ -134,7 +134,7 @@ def train_segmentation(backend, backbone, dataset, recipe: dict, device: torch.d
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     backend.train(False)
     return losses
