@@ -3,8 +3,8 @@
 1. prepare the embedded data (demo profile) unless an identical tree exists;
 2. pretrain every registered method with its ``pretrain/<method>_tiny.yaml``;
 3. evaluate each checkpoint and the ``random:`` baseline of every architecture used on
-   every registered protocol (``protocols/<protocol>_tiny.yaml`` when it exists, else the
-   package defaults);
+   every protocol ``protocols/demo.yaml`` lists, with the recipe it names (without that file:
+   every registered protocol with its package defaults);
 4. write ``leaderboards/embedded.{md,csv,html,png}``.
 
 Interrupted and rerun, it resumes: finished pretraining runs are reused by the engine,
@@ -41,6 +41,26 @@ class DemoLayout:
 def _tiny_recipe(folder: Path, name: str) -> Path | None:
     path = folder / f"{name}_tiny.yaml"
     return path if path.is_file() else None
+
+
+def protocol_recipes(folder: Path) -> dict[str, Path | None]:
+    """``protocols/demo.yaml``: the protocols the demo runs -> their recipe files."""
+    import yaml
+
+    from .protocols import PROTOCOLS
+
+    index = folder / "demo.yaml"
+    if not index.is_file():
+        return {name: None for name in PROTOCOLS.names()}
+    mapping = yaml.safe_load(index.read_text()) or {}
+    recipes = {}
+    for name, file in mapping.items():
+        if name not in PROTOCOLS.names():
+            raise UserError(f"{index}: unknown protocol {name!r}; valid: {', '.join(PROTOCOLS.names())}")
+        recipes[name] = folder / file
+        if not recipes[name].is_file():
+            raise UserError(f"{index}: protocol {name!r} names {file}, which does not exist in {folder}")
+    return recipes
 
 
 def _stored(results: Path, sha256: str, protocol: str, recipe: dict) -> bool:
@@ -84,11 +104,10 @@ class Demo:
         from .evaluate import evaluate, resolve_protocol_recipe
         from .leaderboard import write_leaderboard
         from .methods import METHODS
-        from .protocols import PROTOCOLS
 
         lay = self.layout
         methods = [m for m in METHODS.names() if _tiny_recipe(lay.project / "pretrain", m)]
-        protocols = PROTOCOLS.names()
+        protocols = protocol_recipes(lay.project / "protocols")
         archs = sorted({_recipe_arch(_tiny_recipe(lay.project / "pretrain", m)) for m in methods})
         self.total = 1 + len(methods) + (len(methods) + len(archs)) * len(protocols) + 1
 
@@ -103,8 +122,7 @@ class Demo:
                 specs.append(str(out))
         specs += [f"random:{arch}" for arch in archs]
         for spec in specs:
-            for protocol in protocols:
-                recipe = _tiny_recipe(lay.project / "protocols", protocol)
+            for protocol, recipe in protocols.items():
 
                 def evaluate_once(spec=spec, protocol=protocol, recipe=recipe):
                     resolved = resolve_protocol_recipe(protocol, recipe)

@@ -1,0 +1,81 @@
+"""`ssl-bench demo` (make demo): every step runs once, and a second run reuses everything."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from test_protocols_common import make_imagefolder
+
+import ssl_bench.data.embedded as embedded
+import ssl_bench.engine as engine
+import ssl_bench.evaluate as evaluate_module
+from ssl_bench.backbones import Backbone
+from ssl_bench.checkpoints import save_checkpoint
+from ssl_bench.demo import Demo, DemoLayout, protocol_recipes
+from ssl_bench.errors import UserError
+from ssl_bench.protocols import PROTOCOLS
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project with one method recipe and the k-NN protocol; pretraining is faked (the engine
+    has its own tests) by a checkpoint of a randomly initialised backbone."""
+    (tmp_path / "pretrain").mkdir()
+    (tmp_path / "pretrain" / "msn_tiny.yaml").write_text(yaml.safe_dump({"backbone": {"arch": "vit_tiny_patch16_224"}}))
+    (tmp_path / "protocols").mkdir()
+    (tmp_path / "protocols" / "knn_small.yaml").write_text(
+        yaml.safe_dump({"transform": {"resize": 36, "crop": 32}, "ks": [5]}))
+    (tmp_path / "protocols" / "demo.yaml").write_text("knn: knn_small.yaml\n")
+    calls = {"pretrain": 0, "evaluate": 0}
+
+    def fake_pretrain(recipe, sets, out):
+        calls["pretrain"] += 1
+        out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(12345)  # weights unlike the random: baseline's seeded init
+        return save_checkpoint(out / "checkpoint", Backbone("vit_tiny_patch16_224", 32, 16),
+                               {"method": "msn", "encoder": "target"})
+
+    real_evaluate = evaluate_module.evaluate
+
+    def counting_evaluate(*args, **kwargs):
+        calls["evaluate"] += 1
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "pretrain", fake_pretrain)
+    monkeypatch.setattr(evaluate_module, "evaluate", counting_evaluate)
+    monkeypatch.setattr(embedded, "prepare_if_needed",
+                        lambda root, profile: root.exists() or make_imagefolder(root))
+    layout = DemoLayout(project=tmp_path, data=tmp_path / "data", runs=tmp_path / "runs",
+                        results=tmp_path / "results", leaderboard=tmp_path / "leaderboards" / "embedded")
+    return layout, calls
+
+
+def test_second_run_reuses_every_evaluation(project):
+    layout, calls = project
+    assert Demo(layout).run() == 0
+    # one method checkpoint + the random baseline of its architecture, on the one protocol
+    assert calls == {"pretrain": 1, "evaluate": 2}
+    table = (layout.leaderboard.parent / "embedded.md").read_text()
+    assert "msn" in table and "random" in table and "knn" in table
+    assert Demo(layout).run() == 0
+    assert calls == {"pretrain": 2, "evaluate": 2}  # pretraining reuse is the engine's job
+    # a changed protocol recipe is a different evaluation: both checkpoints run again
+    (layout.project / "protocols" / "knn_small.yaml").write_text(
+        yaml.safe_dump({"transform": {"resize": 36, "crop": 32}, "ks": [3]}))
+    assert Demo(layout).run() == 0
+    assert calls["evaluate"] == 4
+
+
+def test_demo_recipes_cover_every_protocol():
+    recipes = protocol_recipes(PROJECT / "protocols")
+    assert sorted(recipes) == sorted(PROTOCOLS.names())
+    assert all(path.is_file() for path in recipes.values())
+
+
+def test_demo_index_naming_a_missing_recipe_is_an_error(tmp_path):
+    (tmp_path / "demo.yaml").write_text("knn: nope.yaml\n")
+    with pytest.raises(UserError, match="nope.yaml"):
+        protocol_recipes(tmp_path)
