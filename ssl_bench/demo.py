@@ -109,7 +109,7 @@ class Demo:
         methods = [m for m in METHODS.names() if _tiny_recipe(lay.project / "pretrain", m)]
         protocols = protocol_recipes(lay.project / "protocols")
         archs = sorted({_recipe_arch(_tiny_recipe(lay.project / "pretrain", m)) for m in methods})
-        self.total = 1 + len(methods) + (len(methods) + len(archs)) * len(protocols) + 1
+        self.total = 1 + len(methods) + (len(methods) + len(archs) + 1) * len(protocols)
 
         self.step(f"prepare embedded data ({lay.profile} profile) in {lay.data}",
                   lambda: prepare_if_needed(lay.data, profile=lay.profile))
@@ -121,8 +121,10 @@ class Demo:
                          lambda r=recipe, o=out: pretrain(r, [f"data.root={lay.data}"], o)):
                 specs.append(str(out))
         specs += [f"random:{arch}" for arch in archs]
-        for spec in specs:
-            for protocol, recipe in protocols.items():
+        # protocol by protocol (cheapest first in demo.yaml), so the k-NN column of every
+        # checkpoint comes early and the leaderboard on disk grows a column at a time
+        for protocol, recipe in protocols.items():
+            for spec in specs:
 
                 def evaluate_once(spec=spec, protocol=protocol, recipe=recipe):
                     resolved = resolve_protocol_recipe(protocol, recipe)
@@ -132,8 +134,8 @@ class Demo:
                     return evaluate(protocol, spec, lay.data, recipe=recipe, results_dir=lay.results)
 
                 self.step(f"evaluate {spec} with {protocol}", evaluate_once)
-        self.step(f"write {lay.leaderboard}.{{md,csv,html,png}}",
-                  lambda: write_leaderboard(lay.results, lay.leaderboard))
+            self.step(f"write {lay.leaderboard}.{{md,csv,html,png}}",
+                      lambda: write_leaderboard(lay.results, lay.leaderboard))
         for failure in lay.failures:
             log(f"FAILED {failure}")
         return 1 if lay.failures else 0
