@@ -23,3 +23,12 @@ test: install
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
+
+.PHONY: openmmlab test-openmmlab
+
+# Optional: the OpenMMLab backends of the segmentation and detection protocols.
+openmmlab: install
+	scripts/install_openmmlab.sh $(BIN)/python
+
+test-openmmlab: openmmlab
+	SSL_BENCH_REQUIRE_OPENMMLAB=1 $(BIN)/python -m pytest -q

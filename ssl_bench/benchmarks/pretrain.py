@@ -89,16 +89,21 @@ def run(args: argparse.Namespace) -> int:
     pairs = method.ema_pairs()
     clip = recipe["optim"]["clip_grad"]
 
-    # what the online encoder sees in one step
+    # what the online encoder sees in one step: token calls (ViTs) or feature calls (ConvNets)
     calls = []
-    original = method.backbone.tokens
+    original_tokens, original_features = method.backbone.tokens, method.backbone.features
 
-    def spy(images, **kw):
+    def spy_tokens(images, **kw):
         if torch.is_grad_enabled():
             calls.append((images, kw.get("keep"), kw.get("mask")))
-        return original(images, **kw)
+        return original_tokens(images, **kw)
 
-    method.backbone.tokens = spy
+    def spy_features(images, kind="cls"):
+        if torch.is_grad_enabled() and not method.backbone.is_vit:
+            calls.append((images, None, None))
+        return original_features(images, kind)
+
+    method.backbone.tokens, method.backbone.features = spy_tokens, spy_features
 
     def method_step():
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -112,8 +117,11 @@ def run(args: argparse.Namespace) -> int:
             ema_update(pairs, 0.996)
 
     method_step()
-    method.backbone.tokens = original
+    method.backbone.tokens, method.backbone.features = original_tokens, original_features
     seen = calls[:]
+    if not seen:
+        raise UserError(f"method {recipe['method']}: its online encoder was not called through "
+                        "Backbone.tokens or Backbone.features; nothing to compare with")
     bare = Backbone(recipe["backbone"]["arch"], recipe["backbone"]["img_size"], recipe["backbone"]["patch_size"],
                     mask_token=method.backbone.mask_token is not None).to(device).train()
 
@@ -131,12 +139,15 @@ def run(args: argparse.Namespace) -> int:
 
     t_method = _timed(method_step, args.steps, args.warmup, device)
     t_bare = _timed(bare_step, args.steps, args.warmup, device)
-    tokens = sum(int(images.shape[0]) * (1 + (keep.shape[-1] if keep is not None
-                                              else (images.shape[-1] // bare.patch_size) ** 2))
-                 for images, keep, _ in seen)
     print(f"method\t{recipe['method']}")
     print(f"setting\t{recipe['backbone']['arch']}, batch {batch_size}, {recipe['precision']}, {device}")
-    print(f"online tokens/step\t{tokens}")
+    if bare.is_vit:
+        tokens = sum(int(images.shape[0]) * (1 + (keep.shape[-1] if keep is not None
+                                                  else (images.shape[-1] // bare.patch_size) ** 2))
+                     for images, keep, _ in seen)
+        print(f"online tokens/step\t{tokens}")
+    else:
+        print(f"online encoder images/step\t{sum(int(images.shape[0]) for images, _, _ in seen)}")
     print(f"method img/s\t{batch_size / t_method:.1f}\t(full training step, median of {args.steps})")
     print(f"bare encoder img/s\t{batch_size / t_bare:.1f}\t(timm fwd+bwd over the same tokens)")
     print(f"ratio\t{t_bare / t_method:.3f}\t(method / bare)")
