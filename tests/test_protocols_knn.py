@@ -105,5 +105,8 @@ def test_knn_protocol_on_imagefolder(tmp_path):
                               np.load(val / "features.npy"), 4, 10)
     val_labels = np.load(val / "labels.npy")
     assert metrics["top1_k10"]["value"] == pytest.approx(100 * (oracle[:, 0] == val_labels).mean())
+    # per-sample hits for the bootstrap interval: exactly the oracle's, sample by sample
+    np.testing.assert_array_equal(metrics["top1_k10"]["per_sample"], (oracle[:, 0] == val_labels).astype(np.float32))
+    np.testing.assert_array_equal(metrics["top5_k10"]["per_sample"], np.ones(12, np.float32))
     assert metrics["top5_k10"]["value"] == pytest.approx(100.0)  # 4 classes: top-5 always hits
     assert metrics["top1_k10"]["feature"] == "cls" and metrics["top1_k10"]["dataset"] == "imagenet"

@@ -101,6 +101,10 @@ def test_linear_after_knn_reuses_features_and_saves_head(tmp_path):
     with torch.no_grad():
         top1 = 100 * (head(x).argmax(1).numpy() == labels).mean()
     assert top1 == pytest.approx(records["top1"]["value"])
+    # per-sample hits for the bootstrap interval: the saved head's, sample by sample
+    np.testing.assert_array_equal(records["top1"]["per_sample"],
+                                  (head(x).argmax(1).numpy() == labels).astype(np.float32))
+    assert "per_sample" not in records["top1_last"]
     assert val.root == results / "features"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import UserError
@@ -44,14 +45,23 @@ def open_classification(ctx, recipe: dict, val_transform, train_transform=None) 
     return ClassificationData(name, Path(root), train, val, list(train.classes))
 
 
-def records_for(dataset: str, metrics: dict[str, float], spec=None, extra: dict | None = None) -> list[dict]:
-    """Result records, each carrying the feature conventions and the extras."""
+def records_for(dataset: str, metrics: dict[str, float], spec=None, extra: dict | None = None,
+                per_sample: dict[str, np.ndarray] | None = None) -> list[dict]:
+    """Result records, each carrying the feature conventions and the extras.
+
+    ``per_sample``: metric -> per-test-sample score (1 = correct) whose mean is the metric;
+    the results store keeps it beside the JSON for the leaderboard's bootstrap intervals.
+    """
     common = dict(extra or {})
     if spec is not None:
         common.update({"feature": spec.feature, "final_norm": spec.final_norm,
                        "input_filter": spec.input_filter})
-    return [{"dataset": dataset, "metric": metric, "value": float(value), **common}
-            for metric, value in metrics.items()]
+    records = [{"dataset": dataset, "metric": metric, "value": float(value), **common}
+               for metric, value in metrics.items()]
+    for record in records:
+        if per_sample and record["metric"] in per_sample:
+            record["per_sample"] = np.asarray(per_sample[record["metric"]], dtype=np.float32)
+    return records
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[int]:

@@ -126,14 +126,16 @@ def knn_predict(train: np.ndarray, train_labels: np.ndarray, queries: np.ndarray
     return out
 
 
-def knn_accuracy(predictions: dict[int, np.ndarray], labels: np.ndarray) -> dict[int, tuple[float, float]]:
-    """{k: (top-1 %, top-5 %)}; top-5 counts the first min(5, k) ranked classes."""
+def knn_hits(predictions: dict[int, np.ndarray], labels: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{k: (top-1 hit, top-5 hit)} per query (bool); top-5 counts the first min(5, k) ranked classes."""
     labels = np.asarray(labels)[:, None]
-    result = {}
-    for k, ranked in predictions.items():
-        hits = ranked == labels
-        result[k] = (100.0 * hits[:, :1].any(1).mean(), 100.0 * hits[:, :min(5, k)].any(1).mean())
-    return result
+    return {k: ((ranked[:, :1] == labels).any(1), (ranked[:, :min(5, k)] == labels).any(1))
+            for k, ranked in predictions.items()}
+
+
+def knn_accuracy(predictions: dict[int, np.ndarray], labels: np.ndarray) -> dict[int, tuple[float, float]]:
+    """{k: (top-1 %, top-5 %)}."""
+    return {k: (100.0 * top1.mean(), 100.0 * top5.mean()) for k, (top1, top5) in knn_hits(predictions, labels).items()}
 
 
 @PROTOCOLS.register("knn")
@@ -155,13 +157,14 @@ class KNN(Protocol):
         predictions = knn_predict(train.features, train.labels, val.features, len(data.classes), ks,
                                   float(recipe["temperature"]), train_chunk=int(recipe["train_chunk"]),
                                   query_chunk=int(recipe["query_chunk"]), backend=recipe["search_backend"])
-        accuracy = knn_accuracy(predictions, val.labels)
+        hits = knn_hits(predictions, val.labels)
         # the reference reports k = 20 first
         order = sorted(ks, key=lambda k: (k != 20, ks.index(k)))
         records = []
         for k in order:
-            top1, top5 = accuracy[k]
+            top1, top5 = hits[k]
             extra = {"k": k, "k_used": min(k, len(train)), "temperature": float(recipe["temperature"]),
                      "n_train": len(train), "n_val": len(val)}
-            records += records_for(data.name, {f"top1_k{k}": top1, f"top5_k{k}": top5}, spec, extra)
+            records += records_for(data.name, {f"top1_k{k}": 100.0 * top1.mean(), f"top5_k{k}": 100.0 * top5.mean()},
+                                   spec, extra, per_sample={f"top1_k{k}": top1, f"top5_k{k}": top5})
         return records
