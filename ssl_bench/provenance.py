@@ -40,6 +40,34 @@ def library_versions() -> dict:
             "timm": timm.__version__, "numpy": numpy.__version__}
 
 
+@functools.cache
+def machine() -> dict:
+    """The hardware a result was measured on: CPU model and count, system, accelerator."""
+    import os
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    accelerator = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cpus": os.cpu_count(), "system": f"{platform.system()} {platform.machine()}",
+            "accelerator": accelerator}
+
+
+def describe_machine(info: dict | None) -> str | None:
+    """One line for a ``machine()`` dict, e.g. '2 x Intel(R) Xeon(R) Processor, Linux x86_64, no GPU'."""
+    if not info:
+        return None
+    return (f"{info.get('cpus')} x {info.get('cpu')}, {info.get('system')}, "
+            f"{info.get('accelerator') or 'no GPU'}")
+
+
 def utc_now() -> str:
     """An ISO-8601 UTC timestamp, to the second."""
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()

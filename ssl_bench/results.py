@@ -47,11 +47,12 @@ import numpy as np
 
 from .atomic import atomic_write, atomic_write_json
 from .progress import progress
-from .provenance import code_version, library_versions, utc_now
+from .provenance import code_version, describe_machine, library_versions, machine, utc_now
 
 SCHEMA = 1
 RECORD_COLUMNS = ["checkpoint", "method", "arch", "protocol", "dataset", "metric", "value",
-                  "checkpoint_sha256", "code_commit", "wall_time_s", "timestamp", "file",
+                  "checkpoint_sha256", "code_commit", "code_dirty", "torch", "machine", "wall_time_s",
+                  "timestamp", "file",
                   "seed", "split", "predictions", "predictions_key", "predictions_scale"]
 PREDICTION_SCALES = (100.0, 1.0)  # percent, fraction
 
@@ -135,7 +136,8 @@ def write_evaluation(results_dir: Path, *, protocol: str, checkpoint: dict, reci
     if arrays:  # the arrays first: a JSON never references a missing file
         atomic_write(npz_path, lambda tmp: _save_npz(tmp, arrays))
     payload = {"schema": SCHEMA, "protocol": protocol, "checkpoint": checkpoint, "recipe": recipe,
-               "code": code_version(), "versions": library_versions(), "wall_time_s": wall_time_s,
+               "code": code_version(), "versions": library_versions(), "machine": machine(),
+               "wall_time_s": wall_time_s,
                "timestamp": utc_now(), "records": records, **(extra or {})}
     return atomic_write_json(path, payload)
 
@@ -185,6 +187,9 @@ def load_results(results_dir: Path) -> pd.DataFrame:
                          "dataset": record["dataset"], "metric": record["metric"],
                          "value": record["value"], "checkpoint_sha256": ckpt.get("sha256"),
                          "code_commit": payload.get("code", {}).get("commit"),
+                         "code_dirty": payload.get("code", {}).get("dirty"),
+                         "torch": payload.get("versions", {}).get("torch"),
+                         "machine": describe_machine(payload.get("machine")),
                          "wall_time_s": payload.get("wall_time_s"),
                          "timestamp": payload.get("timestamp"), "file": str(path),
                          "seed": record.get("seed"), "split": record.get("split"),

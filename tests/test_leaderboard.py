@@ -277,3 +277,21 @@ def test_cli_leaderboard(store, tmp_path, capsys):
     assert "valid: md, csv, tex, html, png, all" in capsys.readouterr().err
     assert main(["leaderboard", "--results", str(store), "--format", "png"]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_legend_names_dates_commits_and_machine(store):
+    """The provenance line comes from the stored evaluations: 7 files, their day, commit and machine."""
+    import json
+
+    from ssl_bench.provenance import code_version
+
+    files = sorted(store.rglob("*.json"))
+    payload = json.loads(files[0].read_text())
+    payload.update(timestamp="2026-01-02T03:04:05+00:00",
+                   machine={"cpu": "Test CPU", "cpus": 2, "system": "Linux x86_64", "accelerator": None})
+    files[0].write_text(json.dumps(payload))
+    line = build_table(load_results(store), n_boot=0).legend()[-1]
+    commit = code_version()["commit"][:10]
+    assert line.startswith(f"Measured: {len(files)} evaluations on 2026-01-02 to ")
+    assert f"code commit {commit}" in line
+    assert "2 x Test CPU, Linux x86_64, no GPU" in line

@@ -86,6 +86,7 @@ class ComparisonTable:
     seed: int = DEFAULT_SEED
     title: str = "ssl-bench leaderboard"
     improvement_rows: list[str] = field(default_factory=list)
+    provenance: list[str] = field(default_factory=list)
 
     # ----------------------------------------------------------------- wide views
     def _wide(self, stat: str, frame: pd.DataFrame | None = None, rows=None) -> pd.DataFrame:
@@ -191,7 +192,7 @@ class ComparisonTable:
         if self.baseline is not None:
             lines.append(f"Improve w.r.t. {_short(self.baseline)}: difference of the means to the row "
                          f"{self.baseline} (positive = better).")
-        return lines
+        return lines + self.provenance
 
     # ---------------------------------------------------------------- renderers
     def render(self, fmt: str) -> str:
@@ -520,4 +521,23 @@ def build_table(records: pd.DataFrame, *, reported=None, baseline: str | None = 
             improvements = pd.DataFrame(records_out)
     return ComparisonTable(cells=cells, improvements=improvements, rows=rows, columns=columns,
                            baseline=base, digits=digits, n_boot=n_boot, confidence=confidence, seed=seed,
-                           title=title, improvement_rows=improvement_rows)
+                           title=title, improvement_rows=improvement_rows,
+                           provenance=provenance_lines(records))
+
+
+def _listed(values) -> str:
+    values = sorted({str(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))})
+    return ", ".join(values) if values else "unknown"
+
+
+def provenance_lines(records: pd.DataFrame | None) -> list[str]:
+    """What produced the measured rows: dates, code commits, torch, machine (from the results store)."""
+    if records is None or records.empty:
+        return []
+    evaluations = records.drop_duplicates("file")
+    days = sorted(str(t)[:10] for t in evaluations["timestamp"].dropna())
+    when = (days[0] if days[0] == days[-1] else f"{days[0]} to {days[-1]}") if days else "unknown dates"
+    commits = _listed(str(c)[:10] for c in evaluations["code_commit"].dropna())
+    dirty = " (some with uncommitted changes)" if evaluations["code_dirty"].eq(True).any() else ""
+    return [f"Measured: {len(evaluations)} evaluations on {when} (UTC), code commit {commits}{dirty}, "
+            f"torch {_listed(evaluations['torch'])}, machine: {_listed(evaluations['machine'])}."]
