@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoints import load_spec
-from .errors import UserError
+from .errors import NotApplicable, UserError
 from .progress import log
 from .recipes import recipe_layers
 
@@ -90,6 +90,9 @@ class Demo:
         start = time.perf_counter()
         try:
             result = action()
+        except NotApplicable as err:  # e.g. a ViT-only protocol on a ConvNet: a "-" cell, not a failure
+            log(f"  not applicable: {err}")
+            return None
         except (UserError, RuntimeError, ValueError, OSError) as err:
             self.layout.failures.append(f"{title}: {err}")
             log(f"  failed: {err}")

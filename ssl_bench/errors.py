@@ -9,3 +9,7 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+class NotApplicable(UserError):
+    """The protocol does not apply to this checkpoint (e.g. a ViT-only protocol on a ConvNet)."""

@@ -73,6 +73,9 @@ def _attach_predictions(records: list[dict], predictions: dict | None, npz_name:
     out = []
     for record in records:
         record = dict(record)
+        if "predictions" in record:
+            raise ValueError(f"result record {record['dataset']}/{record['metric']}: 'predictions' is the store's "
+                             "own key (per-sample arrays); pass 'per_sample' or name the field otherwise")
         per_sample = record.pop("per_sample", None)
         own_key = _prediction_key(record["dataset"], record["metric"])
         for repeat in ("split", "seed"):  # repeats of one metric in one evaluation stay apart

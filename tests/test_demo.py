@@ -79,3 +79,21 @@ def test_demo_index_naming_a_missing_recipe_is_an_error(tmp_path):
     (tmp_path / "demo.yaml").write_text("knn: nope.yaml\n")
     with pytest.raises(UserError, match="nope.yaml"):
         protocol_recipes(tmp_path)
+
+
+def test_a_protocol_that_does_not_apply_is_not_a_failure(tmp_path):
+    """A ViT-only protocol on a ConvNet leaves a '-' cell; a real error is still a failure."""
+    from ssl_bench.errors import NotApplicable
+
+    demo = Demo(DemoLayout(project=tmp_path))
+
+    def not_applicable():
+        raise NotApplicable("protocol davis: needs patch tokens of a ViT; resnet18 is a ConvNet")
+
+    def broken():
+        raise UserError("recipe key 'k': bad")
+
+    assert demo.step("davis on resnet18", not_applicable) is None
+    assert demo.layout.failures == []
+    assert demo.step("knn with a bad recipe", broken) is None
+    assert demo.layout.failures == ["knn with a bad recipe: recipe key 'k': bad"]

@@ -123,6 +123,12 @@ def test_davis_end_to_end_matches_vos_benchmark(tmp_path):
     assert scores["J&F-Mean"] == pytest.approx(jf[0], abs=1e-6)
     stored = json.loads(Path(path).read_text())
     assert stored["recipe"]["n_last_frames"] == 7 and stored["recipe"]["topk"] == 5
+    # the records name the mask folder, and the store (hence the leaderboard) reads them back
+    assert {r["masks_dir"] for r in records} == {str(out)}
+    from ssl_bench.results import load_results
+
+    loaded = load_results(tmp_path / "results")
+    assert loaded.set_index("metric").at["J&F-Mean", "value"] == pytest.approx(scores["J&F-Mean"])
 
 
 @pytest.fixture(scope="module")

@@ -59,3 +59,13 @@ def test_pivot_averages_repeats_and_renders_every_format():
     assert render(table, "csv").splitlines()[0].startswith("protocol,knn")
     assert "\\begin{tabular}" in render(table, "tex")
     assert render(table, "html").startswith("<!DOCTYPE html>")
+
+
+def test_predictions_is_the_stores_own_key(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="'predictions' is the store's own key"):
+        write_evaluation(tmp_path, protocol="davis", checkpoint={"label": "a", "sha256": "x"}, recipe={},
+                         wall_time_s=1.0, records=[{"dataset": "davis", "metric": "J-Mean", "value": 50.0,
+                                                    "predictions": "masks/"}])
+    assert not any(tmp_path.rglob("*.json"))

@@ -15,12 +15,12 @@ import torch
 from torch.nn import functional as F
 
 from ..backbones import Backbone
-from ..errors import UserError
+from ..errors import NotApplicable, UserError
 
 
 def require_vit(backbone: Backbone, protocol: str) -> None:
     if not backbone.is_vit:
-        raise UserError(f"protocol {protocol}: needs patch tokens of a ViT; {backbone.arch} is a ConvNet")
+        raise NotApplicable(f"protocol {protocol}: needs patch tokens of a ViT; {backbone.arch} is a ConvNet")
 
 
 def layer_spec(value, depth: int, key: str = "layer") -> int | None:

@@ -199,6 +199,6 @@ class Davis(Protocol):
                                       bound_th=float(cfg["boundary_threshold"]))
         extra = {"split": cfg["split"], "sequences": len(seqs), "objects": len(summary.per_object),
                  "short_side": int(cfg["short_side"]), "layer": cfg["layer"], "unit": "percent",
-                 "predictions": str(out)}
+                 "masks_dir": str(out)}
         order = ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"]
         return [{"dataset": dataset, "metric": m, "value": 100.0 * summary.scores[m], **extra} for m in order]
