@@ -90,7 +90,8 @@ def coco_evaluate(ann_file: str | Path, results: list[dict], iou_types=("bbox", 
             ev.accumulate()
             ev.summarize()
         for name, value in zip(COCO_METRICS, ev.stats[:6]):
-            metrics[f"{iou_type}/{name}"] = float(value) * 100
+            if value >= 0:  # pycocotools' -1: no ground truth in that area range, so no metric
+                metrics[f"{iou_type}/{name}"] = float(value) * 100
     return metrics
 
 
@@ -115,5 +116,6 @@ def lvis_evaluate(ann_file: str | Path, results: list[dict], iou_types=("bbox", 
             ev.run()
         summary = ev.get_results()
         for name in LVIS_METRICS:
-            metrics[f"{iou_type}/{name}"] = float(summary[name]) * 100
+            if summary[name] >= 0:  # the lvis package's -1: no ground truth in that range
+                metrics[f"{iou_type}/{name}"] = float(summary[name]) * 100
     return metrics

@@ -70,8 +70,11 @@ def classifier_from_checkpoint(checkpoint, num_classes: int, recipe: dict, final
     head = recipe["head"]
     kwargs = {"drop_path_rate": float(recipe["drop_path"])}
     if backbone.is_vit:
+        pool = head["pool"]
+        if pool == "auto":  # the checkpoint's own feature: mean of patch tokens (+ fc_norm) or the CLS token
+            pool = "avg" if checkpoint.eval.get("feature") == "avgpool" else "token"
         kwargs.update(img_size=checkpoint.meta.get("img_size"), patch_size=backbone.patch_size,
-                      global_pool=head["pool"], fc_norm=head["fc_norm"], final_norm=final_norm)
+                      global_pool=pool, fc_norm=head["fc_norm"], final_norm=final_norm)
     model = build_classifier(backbone.arch, num_classes, **kwargs)
     state = backbone.encoder_state_dict()
     own = model.state_dict()
