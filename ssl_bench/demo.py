@@ -112,7 +112,7 @@ class Demo:
         methods = [m for m in METHODS.names() if _tiny_recipe(lay.project / "pretrain", m)]
         protocols = protocol_recipes(lay.project / "protocols")
         archs = sorted({_recipe_arch(_tiny_recipe(lay.project / "pretrain", m)) for m in methods})
-        self.total = 1 + len(methods) + (len(methods) + len(archs) + 1) * len(protocols)
+        self.total = 1 + len(methods) + (len(methods) + len(archs)) * len(protocols) + 1
 
         self.step(f"prepare embedded data ({lay.profile} profile) in {lay.data}",
                   lambda: prepare_if_needed(lay.data, profile=lay.profile))
@@ -124,21 +124,30 @@ class Demo:
                          lambda r=recipe, o=out: pretrain(r, [f"data.root={lay.data}"], o)):
                 specs.append(str(out))
         specs += [f"random:{arch}" for arch in archs]
+
+        def write():
+            return write_leaderboard(lay.results, lay.leaderboard)
+
         # protocol by protocol (cheapest first in demo.yaml), so the k-NN column of every
-        # checkpoint comes early and the leaderboard on disk grows a column at a time
-        for protocol, recipe in protocols.items():
+        # checkpoint comes early; the leaderboard on disk grows a column at a time, rewritten
+        # only after a protocol that added results (drawing it takes tens of seconds)
+        for index, (protocol, recipe) in enumerate(protocols.items()):
+            fresh = False
             for spec in specs:
 
                 def evaluate_once(spec=spec, protocol=protocol, recipe=recipe):
                     resolved = resolve_protocol_recipe(protocol, recipe)
                     if _stored(lay.results, load_spec(spec).sha256, protocol, resolved):
                         log("  already in the results store: skipped")
-                        return True
+                        return "stored"
                     return evaluate(protocol, spec, lay.data, recipe=recipe, results_dir=lay.results)
 
-                self.step(f"evaluate {spec} with {protocol}", evaluate_once)
-            self.step(f"write {lay.leaderboard}.{{md,csv,html,png}}",
-                      lambda: write_leaderboard(lay.results, lay.leaderboard))
+                outcome = self.step(f"evaluate {spec} with {protocol}", evaluate_once)
+                fresh = fresh or outcome not in (None, "stored")
+            if fresh and index < len(protocols) - 1:
+                log(f"updating {lay.leaderboard}.{{md,csv,html,png}}")
+                write()
+        self.step(f"write {lay.leaderboard}.{{md,csv,html,png}}", write)
         for failure in lay.failures:
             log(f"FAILED {failure}")
         return 1 if lay.failures else 0

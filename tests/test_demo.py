@@ -53,15 +53,24 @@ def project(tmp_path, monkeypatch):
     return layout, calls
 
 
-def test_second_run_reuses_every_evaluation(project):
+def test_second_run_reuses_every_evaluation(project, monkeypatch):
+    import ssl_bench.leaderboard as leaderboard
+
     layout, calls = project
-    assert Demo(layout).run() == 0
+    writes = []
+    real_write = leaderboard.write_leaderboard
+    monkeypatch.setattr(leaderboard, "write_leaderboard", lambda *a, **k: writes.append(a) or real_write(*a, **k))
+    demo = Demo(layout)
+    assert demo.run() == 0
     # one method checkpoint + the random baseline of its architecture, on the one protocol
     assert calls == {"pretrain": 1, "evaluate": 2}
+    # steps: prepare, pretrain, 2 evaluations, the leaderboard (drawn once, not per protocol too)
+    assert (demo.done, demo.total, len(writes)) == (5, 5, 1)
     table = (layout.leaderboard.parent / "embedded.md").read_text()
     assert "msn" in table and "random" in table and "knn" in table
     assert Demo(layout).run() == 0
     assert calls == {"pretrain": 2, "evaluate": 2}  # pretraining reuse is the engine's job
+    assert len(writes) == 2
     # a changed protocol recipe is a different evaluation: both checkpoints run again
     (layout.project / "protocols" / "knn_small.yaml").write_text(
         yaml.safe_dump({"transform": {"resize": 36, "crop": 32}, "ks": [3]}))
