@@ -58,8 +58,10 @@ else
 fi
 
 echo "install_openmmlab: installing $(basename "$WHEEL"), mmengine, mmsegmentation, mmdet"
+# ftfy and regex: mmseg.utils imports its text tokenizer (ftfy) unconditionally, though they are
+# listed only among mmseg's multimodal requirements
 "${PIP[@]}" install --quiet "$WHEEL" "mmengine==$MMENGINE_VERSION" \
-    "mmsegmentation==$MMSEG_VERSION" "mmdet==$MMDET_VERSION" 'setuptools<81'
+    "mmsegmentation==$MMSEG_VERSION" "mmdet==$MMDET_VERSION" 'setuptools<81' ftfy regex
 "$PY" - <<'PY'
 import mmcv, mmdet, mmengine, mmseg
 from mmcv.ops import RoIAlign, nms  # noqa: F401  (the compiled ops)
