@@ -375,7 +375,7 @@ norm_cfg = dict(type='SyncBN', requires_grad=True)
     backbone=dict(
         _delete_=True, type='VisionTransformer', img_size=crop_size, patch_size={g["patch_size"]},
         embed_dims={d}, num_layers={depth}, num_heads={g["num_heads"]}, mlp_ratio={g["mlp_ratio"]:g},
-        out_indices={outs}, qkv_bias=True, drop_path_rate=0.1, with_cls_token=True,
+        out_indices={outs}, qkv_bias=True, patch_bias=True, drop_path_rate=0.1, with_cls_token=True,
         final_norm=False, norm_cfg=dict(type='LN', eps=1e-6), act_cfg=dict(type='GELU'),
         interpolate_mode='bicubic',
         init_cfg=dict(type='Pretrained', checkpoint='{weights}')),

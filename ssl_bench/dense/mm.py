@@ -168,6 +168,7 @@ class MMSegBackend:
 
     def __init__(self, backbone, num_classes: int, recipe: dict):
         require("mmseg")
+        from mmengine.config import ConfigDict
         from mmengine.registry import init_default_scope
         from mmseg.registry import MODELS
 
@@ -175,7 +176,7 @@ class MMSegBackend:
         register_all()
         self.num_classes = num_classes
         self.backbone = backbone
-        self.model = MODELS.build(mmseg_model_config(_live(backbone), backbone, num_classes, recipe))
+        self.model = MODELS.build(ConfigDict(mmseg_model_config(_live(backbone), backbone, num_classes, recipe)))
         self.model.init_weights()
 
     def heads(self):
@@ -302,6 +303,7 @@ class MMDetBackend:
     def __init__(self, backbone, num_classes: int, recipe: dict, test_cfg: dict):
         require("mmdet")
         from mmdet.registry import MODELS
+        from mmengine.config import ConfigDict
         from mmengine.registry import init_default_scope
 
         from .maskrcnn import ResNetFPNBackbone, ViTDetBackbone
@@ -319,7 +321,7 @@ class MMDetBackend:
         else:
             raise UserError(f"backend=mmdet supports model.backbone vitdet and resnet_fpn, not {kind!r}")
         self.size = int(recipe["model"]["image_size"])
-        self.model = MODELS.build(mmdet_model_config(_live(body), body, num_classes, recipe, test_cfg))
+        self.model = MODELS.build(ConfigDict(mmdet_model_config(_live(body), body, num_classes, recipe, test_cfg)))
         self.model.init_weights()
 
     def heads(self):

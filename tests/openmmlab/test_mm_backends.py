@@ -24,10 +24,12 @@ def test_mmseg_vit_loads_the_export_strictly_and_computes_the_same_features():
     ours = Backbone("vit_tiny_patch16_224").eval()
     state, _, _ = map_state_dict(ours.encoder_state_dict(), "mmseg", is_vit=True)
     vit = VisionTransformer(img_size=224, patch_size=16, embed_dims=192, num_layers=12, num_heads=3,
-                            out_indices=(3, 5, 7, 11), qkv_bias=True, with_cls_token=True, final_norm=False,
-                            norm_cfg=dict(type="LN", eps=1e-6), interpolate_mode="bicubic").eval()
-    missing, unexpected = vit.load_state_dict(state, strict=True)
-    assert not missing and not unexpected
+                            out_indices=(3, 5, 7, 11), qkv_bias=True, patch_bias=True, with_cls_token=True, final_norm=False,
+                            norm_cfg=dict(type="LN", eps=1e-6), interpolate_mode="bicubic")
+    vit.eval()  # mmseg's train() override returns None, so no chaining
+    # strict: raises on any missing or unexpected key (mmseg's ViT override returns nothing)
+    vit.load_state_dict(state, strict=True)
+    assert set(state) == set(vit.state_dict())
     images = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         theirs = vit(images)
@@ -42,7 +44,8 @@ def test_openmmlab_resnet_loads_the_export_strictly(stack):
     torch.manual_seed(0)
     ours = Backbone("resnet50").eval()
     state, _, _ = map_state_dict(ours.encoder_state_dict(), stack, is_vit=False)
-    resnet = module.ResNet(depth=50, out_indices=(0, 1, 2, 3), style="pytorch").eval()
+    resnet = module.ResNet(depth=50, out_indices=(0, 1, 2, 3), style="pytorch")
+    resnet.eval()  # the OpenMMLab train() override returns None, so no chaining
     missing, unexpected = resnet.load_state_dict(state, strict=True)
     assert not missing and not unexpected
     images = torch.randn(1, 3, 64, 64)
@@ -76,8 +79,8 @@ def test_both_segmentation_backends_score_fixed_predictions_the_same(ade_root):
     queue = iter(preds)
     mm.predict_one = lambda image, shape: next(queue)
     b = mm.evaluate(val, recipe)
-    for key in ("mIoU", "mAcc", "aAcc"):
-        assert a[key] == pytest.approx(b[key], abs=1e-12), key
+    for key in ("mIoU", "mAcc", "aAcc"):  # mmseg's IoUMetric divides float32 tensors
+        assert a[key] == pytest.approx(b[key], abs=1e-6), key
     assert 0 < a["mIoU"] < 1
 
 
@@ -89,8 +92,10 @@ def test_mmseg_short_training_lowers_the_loss_and_predicts(ade_root):
     from ssl_bench.protocols.segmentation import train_segmentation
 
     recipe = small_recipe()
-    recipe["optim"]["lr"] = 2e-3
-    recipe["schedule"].update(iters=10, warmup_iters=1)
+    # more steps than the default backend's test: mmseg's heads hold BatchNorm running statistics
+    # (momentum 0.1) that the held-out loss in eval mode reads, so 10 steps show no trend yet
+    recipe["optim"]["lr"] = 5e-3
+    recipe["schedule"].update(iters=40, warmup_iters=1)
     seed_all(0)
     backbone = Backbone("vit_tiny_patch16_224")
     train = ADE20kSegmentation(ade_root / "ADEChallengeData2016", "training", SegTrainTransform(recipe["train_pipeline"]))
@@ -99,7 +104,7 @@ def test_mmseg_short_training_lowers_the_loss_and_predicts(ade_root):
     before = held_out_loss(backend, batch)
     losses = train_segmentation(backend, backbone, train, recipe, torch.device("cpu"))
     after = held_out_loss(backend, batch)
-    assert len(losses) == 10 and after < 0.95 * before
+    assert len(losses) == 40 and after < 0.95 * before
     val = ADE20kSegmentation(ade_root / "ADEChallengeData2016", "validation", SegTestTransform(recipe["test"]))
     image, label = val[0]
     pred = backend.predict_one(image, label.shape)
