@@ -64,11 +64,16 @@ def records_for(dataset: str, metrics: dict[str, float], spec=None, extra: dict 
     return records
 
 
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[int]:
-    """Number of samples whose label is among the top-k logits, for each k (k capped at C)."""
+def topk_hits(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[torch.Tensor]:
+    """Per sample, whether its label is among the top-k logits (bool), for each k (k capped at C)."""
     top = logits.topk(min(max(ks), logits.shape[-1]), dim=-1).indices
     hits = top == labels.unsqueeze(-1)
-    return [int(hits[..., :min(k, top.shape[-1])].any(-1).sum()) for k in ks]
+    return [hits[..., :min(k, top.shape[-1])].any(-1) for k in ks]
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[int]:
+    """Number of samples whose label is among the top-k logits, for each k (k capped at C)."""
+    return [int(hit.sum()) for hit in topk_hits(logits, labels, ks)]
 
 
 def percent(count: float, total: int) -> float:

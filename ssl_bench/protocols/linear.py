@@ -30,7 +30,7 @@ from ..engine import warmup_cosine
 from ..errors import UserError
 from ..progress import log, progress
 from . import PROTOCOLS, EvalContext, Protocol
-from ._common import open_classification, records_for, topk_correct
+from ._common import open_classification, records_for, topk_correct, topk_hits
 from ._features import (eval_transform, feature_spec, forward_features, split_features,
                         train_transform)
 from ._heads import HeadGrid, save_classifier
@@ -92,11 +92,9 @@ def head_hits(head: torch.nn.Module, feats, labels: np.ndarray, device, chunk: i
     for s in range(0, len(labels), chunk):
         x = torch.from_numpy(np.array(feats[s:s + chunk], dtype=np.float32)).to(device)
         y = torch.from_numpy(np.asarray(labels[s:s + chunk])).to(device)
-        logits = head(x)
-        ranked = logits.topk(min(5, logits.shape[-1]), dim=-1).indices.cpu()
-        hit = ranked == y.cpu().unsqueeze(-1)
-        top1.append(hit[:, :1].any(-1).numpy())
-        top5.append(hit.any(-1).numpy())
+        hit1, hit5 = topk_hits(head(x), y, (1, 5))
+        top1.append(hit1.cpu().numpy())
+        top5.append(hit5.cpu().numpy())
     return np.concatenate(top1), np.concatenate(top5)
 
 
