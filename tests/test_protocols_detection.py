@@ -276,3 +276,17 @@ def test_resnet_c4_builds_and_trains_one_step(fixture_root):
     res5 = backend.model.roi_heads.box_head.res5
     assert res5 is backend.model.roi_heads.mask_head.res5  # C4: box and mask heads share res5
     assert res5[0].conv1.weight.grad is not None and math.isfinite(float(loss.detach()))
+
+
+@pytest.mark.parametrize("convnet_backbone, body", [("resnet_c4", "ResNetC4Backbone"),
+                                                    ("resnet_fpn", "ResNetFPNBackbone")])
+def test_auto_backbone_follows_the_recipe_for_convnets_and_is_vitdet_for_vits(convnet_backbone, body):
+    from ssl_bench.dense.maskrcnn import build_maskrcnn
+    from ssl_bench.protocols.detection import test_settings
+    from ssl_bench.recipes import load_defaults
+
+    recipe = load_defaults("protocols/detection")
+    recipe["model"].update(image_size=64, backbone="auto", convnet_backbone=convnet_backbone)
+    for arch, expected in (("resnet18", body), ("vit_tiny_patch16_224", "ViTDetBackbone")):
+        model, _ = build_maskrcnn(Backbone(arch, 64, 16), 3, recipe["model"], test_settings(recipe, "coco"))
+        assert type(model.backbone).__name__ == expected

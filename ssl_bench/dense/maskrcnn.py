@@ -252,7 +252,7 @@ def build_maskrcnn(backbone, num_classes: int, cfg: dict, test_cfg: dict) -> tup
     """Mask R-CNN for ``num_classes`` foreground classes; returns (model, the non-backbone modules)."""
     kind = cfg["backbone"]
     if kind == "auto":
-        kind = "vitdet" if backbone.is_vit else "resnet_c4"
+        kind = "vitdet" if backbone.is_vit else cfg["convnet_backbone"]
     sizes = [int(s) for s in cfg["anchor_sizes"]]
     ratios = tuple(float(r) for r in cfg["aspect_ratios"])
     k = num_classes + 1
