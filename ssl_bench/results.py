@@ -35,6 +35,7 @@ and report their standard deviation.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -53,7 +54,7 @@ SCHEMA = 1
 RECORD_COLUMNS = ["checkpoint", "method", "arch", "protocol", "dataset", "metric", "value",
                   "checkpoint_sha256", "code_commit", "code_dirty", "torch", "machine", "wall_time_s",
                   "timestamp", "file",
-                  "seed", "split", "predictions", "predictions_key", "predictions_scale"]
+                  "seed", "split", "predictions", "predictions_key", "predictions_scale", "recipe_key"]
 PREDICTION_SCALES = (100.0, 1.0)  # percent, fraction
 
 
@@ -178,6 +179,13 @@ def iter_evaluations(results_dir: Path):
             log(f"warning: skipping unreadable result file {path} ({err})")
 
 
+def recipe_key(recipe: dict | None) -> str:
+    """Fingerprint of a resolved protocol recipe without its ``seed``: evaluations with equal keys
+    are repeats of one experiment (averaged in tables); different keys are different experiments."""
+    settings = {k: v for k, v in (recipe or {}).items() if k != "seed"}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def load_results(results_dir: Path) -> pd.DataFrame:
     """All records under ``results_dir`` as one DataFrame (columns ``RECORD_COLUMNS``)."""
     rows = []
@@ -198,5 +206,6 @@ def load_results(results_dir: Path) -> pd.DataFrame:
                          "seed": record.get("seed"), "split": record.get("split"),
                          "predictions": str(path.parent / preds["file"]) if preds else None,
                          "predictions_key": preds.get("key"),
-                         "predictions_scale": preds.get("scale")})
+                         "predictions_scale": preds.get("scale"),
+                         "recipe_key": recipe_key(payload.get("recipe"))})
     return pd.DataFrame(rows, columns=RECORD_COLUMNS)

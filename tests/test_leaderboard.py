@@ -295,3 +295,32 @@ def test_legend_names_dates_commits_and_machine(store):
     assert line.startswith(f"Measured: {len(files)} evaluations on 2026-01-02 to ")
     assert f"code commit {commit}" in line
     assert "2 x Test CPU, Linux x86_64, no GPU" in line
+
+
+def _stamp(path, timestamp):
+    import json
+    from pathlib import Path
+
+    payload = json.loads(Path(path).read_text())
+    payload["timestamp"] = timestamp
+    Path(path).write_text(json.dumps(payload))
+
+
+def test_an_older_recipe_is_left_out_and_seeds_of_the_latest_are_averaged(tmp_path):
+    root = tmp_path / "results"
+
+    def knn(value, recipe, timestamp):
+        path = write_evaluation(root, protocol="knn", checkpoint=MSN, recipe=recipe, wall_time_s=1.0,
+                                records=[{"dataset": "embedded", "metric": "top1_k20", "value": value}])
+        _stamp(path, timestamp)
+
+    knn(40.0, {"ks": [20], "temperature": 0.1, "seed": 0}, "2026-12-01T10:00:00+00:00")  # older recipe
+    knn(60.0, {"ks": [20], "temperature": 0.07, "seed": 0}, "2026-12-02T10:00:00+00:00")
+    knn(64.0, {"ks": [20], "temperature": 0.07, "seed": 1}, "2026-12-02T11:00:00+00:00")  # a repeat
+    write_evaluation(root, protocol="robustness", checkpoint=MSN, recipe={"batch_size": 8}, wall_time_s=1.0,
+                     records=[{"dataset": "embedded-c", "metric": "mean_error", "value": 30.0}])
+    table = build_table(load_results(root), n_boot=0)
+    assert table.mean.at[ROW_MSN, KNN] == 62.0 and table.count.at[ROW_MSN, KNN] == 2
+    assert table.mean.at[ROW_MSN, ERR] == 30.0
+    assert any(line.startswith("Left out: 1 older evaluations") for line in table.legend())
+    assert "Measured: 3 evaluations" in " ".join(table.legend())

@@ -71,8 +71,14 @@ def test_finetune_tiny_run_saves_best_classifier(tmp_path):
     images = torch.stack([val[i][0] for i in range(len(val))])
     labels = np.array([label for _, label in val.samples])
     with torch.no_grad():
-        top1 = 100 * (model(images).argmax(1).numpy() == labels).mean()
+        logits = model(images).numpy()
+    correct = logits.argmax(1) == labels
+    top1 = 100 * correct.mean()
     assert top1 == pytest.approx(records["top1"]["value"])
+    # per-sample hits of the best epoch, sample by sample (for the leaderboard's bootstrap)
+    np.testing.assert_array_equal(records["top1"]["per_sample"], correct.astype(np.float32))
+    assert records["top1"]["per_sample"].mean() * 100 == pytest.approx(records["top1"]["value"])
+    assert records["top1_last"]["per_sample"].mean() * 100 == pytest.approx(records["top1_last"]["value"])
 
 
 def test_randaugment_posterize_at_full_magnitude_runs():
@@ -87,3 +93,36 @@ def test_randaugment_posterize_at_full_magnitude_runs():
     op = AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)
     img = Image.new("RGB", (8, 8), (200, 100, 50))
     assert np.asarray(op(img)).max() == 0  # no bit kept: black, as Pillow < 11 returned
+
+
+def _gathered_hits(rank: int, world: int, init_file: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from ssl_bench.protocols._finetuning import _Shard, evaluate_classifier
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)  # the same classifier on every rank
+    model = torch.nn.Linear(4, 6)
+    x = torch.randn(11, 4, generator=torch.Generator().manual_seed(1))
+    data = torch.utils.data.TensorDataset(x, torch.arange(11) % 6)
+    loader = torch.utils.data.DataLoader(_Shard(data, rank, world), batch_size=3)
+    hits = evaluate_classifier(model, loader, torch.device("cpu"), False, world)
+    if rank == 0:
+        torch.save(hits, out)
+    dist.destroy_process_group()
+
+
+def test_validation_hits_of_two_ranks_come_back_in_dataset_order(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "hits.pt"
+    mp.spawn(_gathered_hits, args=(2, str(tmp_path / "init"), str(out)), nprocs=2)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 6)
+    x = torch.randn(11, 4, generator=torch.Generator().manual_seed(1))
+    labels = (torch.arange(11) % 6).numpy()
+    with torch.no_grad():
+        logits = model(x).numpy()
+    top5 = np.argsort(-logits, axis=1)[:, :5]
+    expected = np.stack([logits.argmax(1) == labels, (top5 == labels[:, None]).any(1)], axis=1)
+    np.testing.assert_array_equal(torch.load(out).numpy(), expected)

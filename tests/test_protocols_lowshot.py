@@ -94,3 +94,12 @@ def test_lowshot_protocol_split_files_and_scores(tmp_path):
     clf = LogisticRegression(C=1 / 0.1, fit_intercept=False, max_iter=1000, tol=1e-6).fit(prep(feats(train)), y)
     acc = 100 * np.mean(clf.predict(prep(feats(val))) == np.array([label for _, label in val.samples]))
     assert records["top1_1pct"]["value"] == pytest.approx(acc)
+    # per val image: whether the 1% classifier got it right (the bootstrap's per-sample score)
+    labels = np.array([label for _, label in val.samples])
+    np.testing.assert_array_equal(records["top1_1pct"]["per_sample"],
+                                  (clf.predict(prep(feats(val))) == labels).astype(np.float32))
+    # over the 3 splits of k shots: the fraction of splits right, whose mean is the reported mean
+    fractions = records["top1_5shot_mean"]["per_sample"]
+    assert set(np.round(3 * fractions, 6)) <= {0.0, 1.0, 2.0, 3.0}
+    assert 100 * fractions.mean() == pytest.approx(records["top1_5shot_mean"]["value"], rel=1e-6)
+    assert "per_sample" not in records["top1_5shot_std"]

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from ssl_bench.evaluate import evaluate
-from ssl_bench.protocols.robustness import accuracy_sliced
+from ssl_bench.protocols.robustness import accuracy_sliced, hits_sliced
+from ssl_bench.results import load_predictions, load_results
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -68,6 +69,7 @@ def test_accuracy_slices_logits_before_argmax():
     labels = np.array([1, 0])                   # sliced argmax: row 0 -> 1 (class 3), row 1 -> 1 (class 3)
     assert accuracy_sliced(logits, labels, columns) == pytest.approx(50.0)
     assert accuracy_sliced(logits, np.array([1, 0]), None) == pytest.approx(100.0)
+    np.testing.assert_array_equal(hits_sliced(logits, labels, columns), [True, False])
 
 
 def test_robustness_trains_the_probe_then_reports_mce(tmp_path):
@@ -91,6 +93,13 @@ def test_robustness_trains_the_probe_then_reports_mce(tmp_path):
     assert by[("imagenet-c", "mean_error")]["value"] == pytest.approx(100 * np.mean([np.mean(err[c]) for c in err]))
     # each error is a multiple of 1/3 (3 images per group)
     assert all(abs(e * 3 - round(e * 3)) < 1e-9 for v in err.values() for e in v)
+    # per-sample hits of A/R/Sketch are stored (bootstrap intervals), their mean is the top-1
+    stored = load_results(tmp_path / "r").set_index(["dataset", "metric"])
+    for name in ("imagenet-a", "imagenet-r", "imagenet-sketch"):
+        row = stored.loc[(name, "top1")]
+        hits = load_predictions(row["predictions"], row["predictions_key"])
+        assert set(np.unique(hits)) <= {0.0, 1.0} and len(hits) == by[(name, "top1")]["n"]
+        assert 100 * hits.mean() == pytest.approx(row["value"])
     # second run: the saved head is used, nothing is trained
     again, _ = evaluate("robustness", "random:vit_tiny_patch16_224", data, results_dir=tmp_path / "r",
                         device="cpu", sets=SETS + ["datasets=[imagenet-a]"])

@@ -473,6 +473,9 @@ def build_table(records: pd.DataFrame, *, reported=None, baseline: str | None = 
         raise UserError(f"--confidence {confidence}: must lie strictly between 0 and 1, e.g. 0.95")
     if n_boot < 0:
         raise UserError(f"--bootstrap {n_boot}: must be >= 0 (0 disables intervals)")
+    superseded = 0
+    if records is not None and not records.empty:
+        records, superseded = latest_recipe_only(records)
     measured = (_measured_cells(records, n_boot=n_boot, confidence=confidence, seed=seed)
                 if records is not None and not records.empty else pd.DataFrame())
     parts = [measured] if not measured.empty else []
@@ -522,7 +525,7 @@ def build_table(records: pd.DataFrame, *, reported=None, baseline: str | None = 
     return ComparisonTable(cells=cells, improvements=improvements, rows=rows, columns=columns,
                            baseline=base, digits=digits, n_boot=n_boot, confidence=confidence, seed=seed,
                            title=title, improvement_rows=improvement_rows,
-                           provenance=provenance_lines(records))
+                           provenance=provenance_lines(records, superseded))
 
 
 def _listed(values) -> str:
@@ -530,7 +533,23 @@ def _listed(values) -> str:
     return ", ".join(values) if values else "unknown"
 
 
-def provenance_lines(records: pd.DataFrame | None) -> list[str]:
+def latest_recipe_only(records: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Per (checkpoint, protocol), the records of the most recent evaluation's recipe (seeds
+    aside): repeats of that experiment are averaged, while evaluations under an older, different
+    recipe are left out rather than mixed in. Returns (kept records, evaluations left out)."""
+    if "recipe_key" not in records.columns or records["recipe_key"].isna().all():
+        return records, 0
+    checkpoint = records["checkpoint_sha256"].fillna(records["checkpoint"]).astype(str)
+    evaluations = records.assign(_ckpt=checkpoint).drop_duplicates("file")
+    latest = (evaluations.sort_values(["timestamp", "file"], na_position="first")
+              .groupby(["_ckpt", "protocol"])["recipe_key"].last())
+    wanted = pd.Series(list(zip(checkpoint, records["protocol"])), index=records.index).map(latest)
+    keep = records["recipe_key"].eq(wanted) | wanted.isna()
+    left_out = records.loc[~keep, "file"].nunique()
+    return records[keep], int(left_out)
+
+
+def provenance_lines(records: pd.DataFrame | None, superseded: int = 0) -> list[str]:
     """What produced the measured rows: dates, code commits, torch, machine (from the results store)."""
     if records is None or records.empty:
         return []
@@ -540,4 +559,6 @@ def provenance_lines(records: pd.DataFrame | None) -> list[str]:
     commits = _listed(str(c)[:10] for c in evaluations["code_commit"].dropna())
     dirty = " (some with uncommitted changes)" if evaluations["code_dirty"].eq(True).any() else ""
     return [f"Measured: {len(evaluations)} evaluations on {when} (UTC), code commit {commits}{dirty}, "
-            f"torch {_listed(evaluations['torch'])}, machine: {_listed(evaluations['machine'])}."]
+            f"torch {_listed(evaluations['torch'])}, machine: {_listed(evaluations['machine'])}."] + (
+        [f"Left out: {superseded} older evaluations whose protocol recipe differs from the latest one "
+         "for the same checkpoint and protocol."] if superseded else [])

@@ -35,7 +35,7 @@ from torch import nn
 from ..engine import init_distributed, warmup_cosine
 from ..errors import UserError
 from ..progress import log, progress
-from ._common import percent, records_for, topk_correct
+from ._common import percent, records_for, topk_hits
 from ._features import HighPass, autocast, train_transform
 from ._heads import save_classifier
 
@@ -190,20 +190,25 @@ class _Shard(torch.utils.data.Dataset):
 
 
 @torch.no_grad()
-def evaluate_classifier(model: nn.Module, loader, device, bf16: bool, world: int) -> tuple[float, float, int]:
-    """(top-1 %, top-5 %, n) over the loader, summed across ranks."""
+def evaluate_classifier(model: nn.Module, loader, device, bf16: bool, world: int) -> torch.Tensor:
+    """Per validation sample (in dataset order, gathered across ranks), whether its label is
+    the top-1 / among the top-5 logits: a bool tensor (n, 2). Rank r holds samples r, r + world, ..."""
     model.eval()
-    counts = torch.zeros(3, dtype=torch.float64, device=device)
+    hits = []
     for images, labels in progress(loader, desc="val", unit="batch"):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast(device, bf16):
             logits = model(images).float()
-        c1, c5 = topk_correct(logits, labels, (1, 5))
-        counts += torch.tensor([c1, c5, len(labels)], dtype=torch.float64, device=device)
-    if world > 1:
-        dist.all_reduce(counts)
-    n = int(counts[2])
-    return percent(counts[0], n), percent(counts[1], n), n
+        hits.append(torch.stack(topk_hits(logits, labels, (1, 5)), dim=1).cpu())
+    local = torch.cat(hits) if hits else torch.zeros(0, 2, dtype=torch.bool)
+    if world == 1:
+        return local
+    shards = [None] * world
+    dist.all_gather_object(shards, local)
+    out = torch.zeros(sum(len(x) for x in shards), 2, dtype=torch.bool)
+    for rank, shard in enumerate(shards):  # undo _Shard's interleaving
+        out[rank::world] = shard
+    return out
 
 
 # ----- the loop ----------------------------------------------------------------------------
@@ -282,8 +287,10 @@ def run_finetuning(ctx, recipe: dict, *, protocol: str, data, train_dataset, mod
             if clip:
                 nn.utils.clip_grad_norm_(model.parameters(), float(clip))
             opt.step()
-        top1, top5, n_val = evaluate_classifier(model, val_loader, device, bf16, world)
-        history.append((top1, top5))
+        hits = evaluate_classifier(model, val_loader, device, bf16, world)
+        n_val = len(hits)
+        top1, top5 = (percent(int(c), n_val) for c in hits.sum(0))
+        history.append((top1, top5, hits))
         if top1 > best[0]:
             best = (top1, epoch, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
                     if recipe["save_classifier"] and rank == 0 else None)
@@ -299,6 +306,8 @@ def run_finetuning(ctx, recipe: dict, *, protocol: str, data, train_dataset, mod
     last1 = history[-1][0]
     info = {"epochs": epochs, "best_epoch": best_epoch + 1, "n_train": len(train_dataset), "n_val": n_val,
             "world_size": world, **(extra or {})}
+    best_hits, last_hits = history[best_epoch][2].numpy(), history[-1][2].numpy()
     return records_for(data.name, {"top1": top1_max, "top5": history[best_epoch][1], "top1_last": last1},
-                       spec, info)
+                       spec, info, per_sample={"top1": best_hits[:, 0], "top5": best_hits[:, 1],
+                                               "top1_last": last_hits[:, 0]})
 

@@ -108,20 +108,23 @@ class LowShot(Protocol):
         train_x = center_normalize(feats.features)
 
         per_split: dict[str, list[float]] = {}
+        hits: dict[str, list[np.ndarray]] = {}
         for group, indices in progress(subsets, desc="low-shot fits", unit="fit"):
             rows = [position[i] for i in indices]
             clf = fit_logistic(train_x[rows], feats.labels[rows], lambd, max_iter=recipe["max_iter"],
                                tol=recipe["tol"])
-            pred = clf.predict(val_x)  # classes absent from the subset are never predicted
-            per_split.setdefault(group, []).append(100.0 * float(np.mean(pred == val.labels)))
+            correct = clf.predict(val_x) == val.labels  # classes absent from the subset are never predicted
+            hits.setdefault(group, []).append(correct)
+            per_split.setdefault(group, []).append(100.0 * float(np.mean(correct)))
         metrics: dict[str, float] = {}
+        per_sample: dict[str, np.ndarray] = {}  # per val image: fraction of the splits that got it right
         for group, values in per_split.items():
+            name = f"top1_{group}_mean" if group.endswith("shot") else f"top1_{group}"
+            metrics[name] = float(np.mean(values))
+            per_sample[name] = np.mean(hits[group], axis=0)
             if group.endswith("shot"):
-                metrics[f"top1_{group}_mean"] = float(np.mean(values))
                 metrics[f"top1_{group}_std"] = float(np.std(values))
-            else:
-                metrics[f"top1_{group}"] = values[0]
         log("low-shot: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
         extra = {"lambd": lambd, "C": sklearn_C(lambd, len(data.classes)), "per_split": per_split,
                  "n_val": len(val)}
-        return records_for(data.name, metrics, spec, extra)
+        return records_for(data.name, metrics, spec, extra, per_sample)

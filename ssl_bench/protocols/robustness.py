@@ -116,13 +116,17 @@ class _Scorer:
         return np.concatenate(out), np.concatenate(labels)
 
 
+def hits_sliced(logits: np.ndarray, labels: np.ndarray, columns: list[int] | None) -> np.ndarray:
+    """Per sample, whether the top-1 prediction is right, with the logits restricted to ``columns``
+    (label k = columns[k]) or over all classes."""
+    logits = np.asarray(logits)
+    pred = (logits[:, columns] if columns is not None else logits).argmax(1)
+    return pred == labels
+
+
 def accuracy_sliced(logits: np.ndarray, labels: np.ndarray, columns: list[int] | None) -> float:
-    """Top-1 % with the logits restricted to ``columns`` (label k = columns[k]) or over all classes."""
-    if columns is not None:
-        pred = np.asarray(logits)[:, columns].argmax(1)
-    else:
-        pred = np.asarray(logits).argmax(1)
-    return 100.0 * float(np.mean(pred == labels)) if len(labels) else float("nan")
+    """Top-1 % of ``hits_sliced``."""
+    return 100.0 * float(np.mean(hits_sliced(logits, labels, columns))) if len(labels) else float("nan")
 
 
 def _map_labels(dataset, classes: list[str]) -> np.ndarray:
@@ -167,12 +171,14 @@ class Robustness(Protocol):
             logits, labels = scorer.logits(dataset, f"{name}")
             columns = _map_labels(dataset, scorer.classes)
             if fmt in ("imagenet-a", "imagenet-r"):  # 200-class slice before the argmax
-                top1 = accuracy_sliced(logits, labels, list(columns))
+                hits = hits_sliced(logits, labels, list(columns))
                 extra = {"logits": f"sliced to the {len(columns)} classes present"}
             else:  # Sketch: all classes
-                top1 = accuracy_sliced(logits, columns[labels], None)
+                hits = hits_sliced(logits, columns[labels], None)
                 extra = {"logits": f"all {len(scorer.classes)} classes"}
-            records.append({"dataset": name, "metric": "top1", "value": top1, "n": len(labels), **extra, **common})
+            top1 = 100.0 * float(np.mean(hits)) if len(hits) else float("nan")
+            records.append({"dataset": name, "metric": "top1", "value": top1,
+                            "n": len(labels), **extra, **common, "per_sample": hits.astype(np.float32)})
         if not records:
             raise UserError(f"--data {ctx.data}: none of {', '.join(cfg['datasets'])} found")
         return records
