@@ -78,6 +78,22 @@ def test_second_run_reuses_every_evaluation(project, monkeypatch):
     assert calls["evaluate"] == 4
 
 
+def test_tables_grow_per_protocol_and_the_page_is_drawn_at_the_end(project, monkeypatch):
+    import ssl_bench.leaderboard as leaderboard
+
+    layout, _ = project
+    (layout.project / "protocols" / "lowshot_small.yaml").write_text(
+        yaml.safe_dump({"transform": {"resize": 36, "crop": 32}, "shots": [1], "splits": [1]}))
+    (layout.project / "protocols" / "demo.yaml").write_text("knn: knn_small.yaml\nlowshot: lowshot_small.yaml\n")
+    formats = []
+    real_write = leaderboard.write_leaderboard
+    monkeypatch.setattr(leaderboard, "write_leaderboard",
+                        lambda results, stem, fmts: formats.append(tuple(fmts)) or real_write(results, stem, fmts))
+    assert Demo(layout).run() == 0
+    assert formats == [("md", "csv"), ("md", "csv", "html", "png")]
+    assert "lowshot" in (layout.leaderboard.parent / "embedded.md").read_text()
+
+
 def test_demo_recipes_cover_every_protocol():
     recipes = protocol_recipes(PROJECT / "protocols")
     assert sorted(recipes) == sorted(PROTOCOLS.names())
