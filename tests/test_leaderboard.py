@@ -324,3 +324,24 @@ def test_an_older_recipe_is_left_out_and_seeds_of_the_latest_are_averaged(tmp_pa
     assert table.mean.at[ROW_MSN, ERR] == 30.0
     assert any(line.startswith("Left out: 1 older evaluations") for line in table.legend())
     assert "Measured: 3 evaluations" in " ".join(table.legend())
+
+
+def test_markdown_leads_with_headline_metrics_then_one_section_per_protocol(tmp_path):
+    root = tmp_path / "results"
+    _write(root, "lowshot", MSN, [{"dataset": "embedded", "metric": m, "value": v}
+                                  for m, v in (("top1_1shot_mean", 30.0), ("top1_1shot_std", 1.5),
+                                               ("top1_1pct", 40.0))])
+    _write(root, "knn", MSN, [{"dataset": "embedded", "metric": m, "value": v}
+                              for m, v in (("top1_k20", 50.0), ("top5_k20", 80.0))])
+    _write(root, "custom", MSN, [{"dataset": "d", "metric": "score", "value": 7.0}])
+    table = build_table(load_results(root), n_boot=0)
+    assert table.headline_columns() == [("knn", "embedded", "top1_k20"), ("lowshot", "embedded", "top1_1pct"),
+                                        ("lowshot", "embedded", "top1_1shot_mean"), ("custom", "d", "score")]
+    md = table.to_markdown()
+    summary, sections = md.split("## knn")
+    header = summary.split("## Summary")[1].strip().splitlines()[0]
+    assert [h.strip() for h in header.strip("|").split("|")] == [
+        "model", "knn / embedded / top1_k20", "lowshot / embedded / top1_1pct",
+        "lowshot / embedded / top1_1shot_mean", "custom / d / score"]
+    assert "top1_1shot_std" not in summary and "| embedded / top1_1shot_std |" in sections.replace("  ", "")
+    assert sections.index("## lowshot") < sections.index("## custom")

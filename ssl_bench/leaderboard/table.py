@@ -20,8 +20,14 @@ from .stats import (DEFAULT_BOOTSTRAP, DEFAULT_CONFIDENCE, DEFAULT_SEED, bootstr
 TEXT_FORMATS = ("md", "csv", "tex", "html")
 FILE_FORMATS = TEXT_FORMATS + ("png",)
 COLUMN_LEVELS = ["protocol", "dataset", "metric"]
-PROTOCOL_ORDER = ["knn", "linear", "lowshot", "finetune", "detection", "segmentation", "linear_seg",
-                  "prompt_seg", "davis", "robustness"]
+PROTOCOL_ORDER = ["knn", "linear", "lowshot", "finetune_1pct", "finetune", "detection", "segmentation",
+                  "linear_seg", "prompt_seg", "davis", "robustness"]
+# the Markdown summary's columns: per protocol, the metrics papers lead with (every metric of a
+# protocol is in its own section below the summary, and in the CSV / HTML / LaTeX outputs)
+HEADLINE_METRICS = {"knn": ("top1_k20",), "linear": ("top1",), "lowshot": ("top1_1shot_mean", "top1_1pct"),
+                    "finetune_1pct": ("top1",), "finetune": ("top1",), "detection": ("bbox_AP", "segm_AP"),
+                    "segmentation": ("mIoU",), "linear_seg": ("mIoU",), "prompt_seg": ("mIoU@opt",),
+                    "davis": ("J&F-Mean",), "robustness": ("top1", "mCE", "mean_error")}
 KIND_ORDER = {"measured": 0, "random": 1, "reported": 2}
 MISSING = "–"
 REPORTED_SCOPES = ("measured", "all")
@@ -202,21 +208,38 @@ class ComparisonTable:
         return {"md": self.to_markdown, "csv": self.to_csv, "tex": self.to_latex,
                 "html": self.to_html}[fmt]()
 
+    def headline_columns(self) -> list[tuple]:
+        """The summary's columns: ``HEADLINE_METRICS`` of each protocol (else its first column)."""
+        columns = [c for c in self.columns if c[2] in HEADLINE_METRICS.get(c[0], ())]
+        covered = {c[0] for c in columns}
+        columns += [next(c for c in self.columns if c[0] == p) for p in self.protocols() if p not in covered]
+        return sorted(columns, key=_column_key)
+
     def to_markdown(self) -> str:
+        """A summary table of the headline metrics, then one table per protocol, then the legend."""
         if not self.rows:
             return "(no results)\n"
         text, best = self.cell_text(), self.best
-        for row in best.index:
-            for col in best.columns:
-                if best.at[row, col]:
-                    text.at[row, col] = f"**{text.at[row, col]}**"
-        text.columns = [" / ".join(map(str, col)) for col in text.columns]
-        text.index = [f"*{r}*" if r in self.improvement_rows else r for r in text.index]
-        text = text.map(lambda s: str(s).replace("|", "\\|"))
-        text.index = [str(r).replace("|", "\\|") for r in text.index]
-        text.index.name = "model"
-        body = text.to_markdown(colalign=("left",) + ("right",) * len(text.columns))
-        return body + "\n\n" + "\n".join(self.legend()) + "\n"
+
+        def table(columns: list[tuple], name) -> str:
+            part = text[columns].copy()
+            for row in best.index:
+                for col in columns:
+                    if best.at[row, col]:
+                        part.at[row, col] = f"**{part.at[row, col]}**"
+            part.columns = [name(col) for col in columns]
+            part.index = [f"*{r}*" if r in self.improvement_rows else r for r in part.index]
+            part = part.map(lambda s: str(s).replace("|", "\\|"))
+            part.index = [str(r).replace("|", "\\|") for r in part.index]
+            part.index.name = "model"
+            return part.to_markdown(colalign=("left",) + ("right",) * len(columns))
+
+        parts = [f"# {self.title}", "", "## Summary", "",
+                 table(self.headline_columns(), lambda c: " / ".join(map(str, c)))]
+        for protocol in self.protocols():
+            columns = [c for c in self.columns if c[0] == protocol]
+            parts += ["", f"## {protocol}", "", table(columns, lambda c: f"{c[1]} / {c[2]}")]
+        return "\n".join(parts) + "\n\n" + "\n".join(self.legend()) + "\n"
 
     def to_csv(self) -> str:
         """Long form: one line per cell and per improvement, every statistic as a number."""
