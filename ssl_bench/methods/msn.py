@@ -93,9 +93,8 @@ class MSNTransform:
 
     def __init__(self, cfg: dict, patch_size: int):
         self.cfg = cfg
-        strength, hue = cfg["color_jitter"], cfg["hue_jitter"]
         self.colour = colour_distortion(
-            [0.8 * strength] * 3 + [0.2 * strength if hue is None else hue], 0.8, 0.2, cfg["blur_p"])
+            [0.8 * cfg["color_jitter"]] * 3 + [0.2 * cfg["color_jitter"]], 0.8, 0.2, cfg["blur_p"])
         self.tensor = to_tensor()
         self.num_patches = (cfg["rand_size"] // patch_size) ** 2
 
