@@ -560,14 +560,15 @@ def latest_recipe_only(records: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """Per (checkpoint, protocol), the records of the most recent evaluation's recipe (seeds
     aside): repeats of that experiment are averaged, while evaluations under an older, different
     recipe are left out rather than mixed in. Returns (kept records, evaluations left out)."""
-    if "recipe_key" not in records.columns or records["recipe_key"].isna().all():
+    if "recipe_key" not in records.columns:
         return records, 0
     checkpoint = records["checkpoint_sha256"].fillna(records["checkpoint"]).astype(str)
-    evaluations = records.assign(_ckpt=checkpoint).drop_duplicates("file")
+    keys = records["recipe_key"].fillna("")
+    evaluations = records.assign(_ckpt=checkpoint, _key=keys).drop_duplicates(["file", "_ckpt", "protocol"])
     latest = (evaluations.sort_values(["timestamp", "file"], na_position="first")
-              .groupby(["_ckpt", "protocol"])["recipe_key"].last())
+              .groupby(["_ckpt", "protocol"])["_key"].last())
     wanted = pd.Series(list(zip(checkpoint, records["protocol"])), index=records.index).map(latest)
-    keep = records["recipe_key"].eq(wanted) | wanted.isna()
+    keep = keys.eq(wanted)
     left_out = records.loc[~keep, "file"].nunique()
     return records[keep], int(left_out)
 

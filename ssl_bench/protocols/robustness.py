@@ -124,9 +124,13 @@ def hits_sliced(logits: np.ndarray, labels: np.ndarray, columns: list[int] | Non
     return pred == labels
 
 
+def top1_percent(hits: np.ndarray) -> float:
+    return 100.0 * float(np.mean(hits)) if len(hits) else float("nan")
+
+
 def accuracy_sliced(logits: np.ndarray, labels: np.ndarray, columns: list[int] | None) -> float:
     """Top-1 % of ``hits_sliced``."""
-    return 100.0 * float(np.mean(hits_sliced(logits, labels, columns))) if len(labels) else float("nan")
+    return top1_percent(hits_sliced(logits, labels, columns))
 
 
 def _map_labels(dataset, classes: list[str]) -> np.ndarray:
@@ -176,8 +180,7 @@ class Robustness(Protocol):
             else:  # Sketch: all classes
                 hits = hits_sliced(logits, columns[labels], None)
                 extra = {"logits": f"all {len(scorer.classes)} classes"}
-            top1 = 100.0 * float(np.mean(hits)) if len(hits) else float("nan")
-            records.append({"dataset": name, "metric": "top1", "value": top1,
+            records.append({"dataset": name, "metric": "top1", "value": top1_percent(hits),
                             "n": len(labels), **extra, **common, "per_sample": hits.astype(np.float32)})
         if not records:
             raise UserError(f"--data {ctx.data}: none of {', '.join(cfg['datasets'])} found")
