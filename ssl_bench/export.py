@@ -16,6 +16,9 @@ mmdet: ViT -> the ViTDet project's ``ViT`` (``projects/ViTDet/vitdet/vit.py``): 
   detectron2's ``net`` without prefix, in ``{"model": ...}`` (its ``init_weights`` reads that key);
   same drops. ResNet -> mmdet ``ResNet`` (``style='pytorch'``): torchvision names, all kept, in
   ``{"state_dict": ...}``.
+mmseg: BEiT -> mmseg ``BEiT`` (``tools/model_converters/beit2mmseg.py``): the ViT names below with
+  the attention kept as ``layers.<i>.attn.{qkv.weight,q_bias,v_bias,relative_position_bias_table,proj.*}``
+  and ``layers.<i>.gamma_{1,2}``; no ``pos_embed``. Dropped: ``norm.*`` (as for a ViT).
 mmseg: ViT -> mmseg ``VisionTransformer`` (``tools/model_converters/vit2mmseg.py``): ``cls_token``,
   ``pos_embed``, ``patch_embed.projection.*``, ``layers.<i>.{ln1,ln2}``,
   ``layers.<i>.attn.attn.{in_proj_weight,in_proj_bias,out_proj.*}``, ``layers.<i>.ffn.layers.0.0.*``
@@ -24,8 +27,10 @@ mmseg: ViT -> mmseg ``VisionTransformer`` (``tools/model_converters/vit2mmseg.py
   torchvision names, all kept. Both in ``{"state_dict": ...}``, backbone-level keys (``init_cfg``).
 
 Every source key is either written under exactly one target key or listed as dropped with its
-reason; anything else (layer scale, register tokens, qk-norm ...) is refused with a UserError.
-``export.json`` in the output folder records the whole mapping.
+reason; anything else (layer scale, register tokens, qk-norm ...) is refused with a UserError, and
+so are backbones the target projects cannot build: a conv-stem ViT (their ViTs embed patches
+with one 16x16 convolution) and a BEiT for detectron2 / mmdet (ViTDet's ViT has no layer scale
+or relative position bias table). ``export.json`` in the output folder records the whole mapping.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from .errors import UserError
 FORMATS = ("detectron2", "mmdet", "mmseg")
 
 _VIT_BLOCK = re.compile(r"^blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)$")
+_BEIT_EXTRA = re.compile(r"^blocks\.(\d+)\.(gamma_1|gamma_2|attn\.q_bias|attn\.v_bias|attn\.relative_position_bias_table)$")
 _RESNET = re.compile(r"^(conv1|bn1)\.(.+)$|^layer([1-4])\.(\d+)\.(conv[1-3]|bn[1-3]|downsample\.[01])\.(.+)$")
 _BN_STATS = ("weight", "bias", "running_mean", "running_var")
 
@@ -75,6 +81,16 @@ def _vit_mmseg_name(key: str) -> str | None:
     return f"layers.{i}.ffn.layers.{'0.0' if part == 'mlp.fc1' else '1'}.{kind}"
 
 
+def _beit_mmseg_name(key: str) -> str | None:
+    extra = _BEIT_EXTRA.match(key)
+    if extra:
+        return f"layers.{extra.group(1)}.{extra.group(2)}"
+    m = _VIT_BLOCK.match(key)
+    if m and m.group(2) in ("attn.qkv", "attn.proj"):
+        return f"layers.{m.group(1)}.{m.group(2)}.{m.group(3)}"  # BEiTAttention keeps timm's qkv / proj
+    return _vit_mmseg_name(key) if key != "pos_embed" else None
+
+
 def _resnet_d2_name(key: str, layout: str) -> str | None:
     m = _RESNET.match(key)
     if not m:
@@ -105,8 +121,9 @@ def _resnet_d2_name(key: str, layout: str) -> str | None:
     return f"{prefix}{res}.{block}.{name}"
 
 
-def map_state_dict(state: dict[str, torch.Tensor], fmt: str, *, is_vit: bool, layout: str = "c4"):
-    """(target state dict, {source: target}, {source: reason dropped}) for ``fmt``."""
+def map_state_dict(state: dict[str, torch.Tensor], fmt: str, *, is_vit: bool, layout: str = "c4", beit: bool = False):
+    """(target state dict, {source: target}, {source: reason dropped}) for ``fmt`` (``beit``: a
+    timm BEiT, mmseg only)."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: valid formats: {', '.join(FORMATS)}")
     if layout not in ("c4", "fpn"):
@@ -119,7 +136,7 @@ def map_state_dict(state: dict[str, torch.Tensor], fmt: str, *, is_vit: bool, la
         target, reason = None, None
         if is_vit:
             if fmt == "mmseg":
-                target = _vit_mmseg_name(key)
+                target = _beit_mmseg_name(key) if beit else _vit_mmseg_name(key)
                 if key.startswith("norm.") and key.split(".")[-1] in ("weight", "bias"):
                     reason = DROP_NORM_MMSEG
             else:
@@ -150,7 +167,7 @@ def map_state_dict(state: dict[str, torch.Tensor], fmt: str, *, is_vit: bool, la
     if unknown:
         raise UserError(f"--format {fmt}: {len(unknown)} backbone weights have no place in its layout "
                         f"(e.g. {', '.join(unknown[:4])}); supported: plain timm ViTs (no layer scale, register "
-                        "tokens or qk-norm) and ResNet-50")
+                        "tokens or qk-norm), timm BEiTs (mmseg) and ResNet-50")
     return out, key_map, dropped
 
 
@@ -368,16 +385,25 @@ norm_cfg = dict(type='SyncBN', requires_grad=True)
         g = _vit_geometry(backbone)
         d, depth = g["embed_dim"], g["depth"]
         outs = [3, 5, 7, 11] if depth == 12 else [depth // 4 - 1, depth // 2 - 1, 3 * depth // 4 - 1, depth - 1]
-        text = head + "# UperNet as the MAE/BEiT ADE20k configs (configs/mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py)\n" \
-            "# with mmseg's VisionTransformer holding the exported weights.\n" + common + f'''model = dict(
-    pretrained=None,
-    data_preprocessor=dict(size=crop_size),
-    backbone=dict(
-        _delete_=True, type='VisionTransformer', img_size=crop_size, patch_size={g["patch_size"]},
+        if backbone.family == "beit":
+            holder = "mmseg's BEiT"
+            trunk = f'''type='BEiT', img_size=crop_size, patch_size={g["patch_size"]}, embed_dims={d},
+        num_layers={depth}, num_heads={g["num_heads"]}, mlp_ratio={g["mlp_ratio"]:g}, qv_bias=True, init_values=0.1,
+        out_indices={outs}, drop_path_rate=0.1, final_norm=False, norm_cfg=dict(type='LN', eps=1e-6),
+        act_cfg=dict(type='GELU'),'''
+        else:
+            holder = "mmseg's VisionTransformer"
+            trunk = f'''type='VisionTransformer', img_size=crop_size, patch_size={g["patch_size"]},
         embed_dims={d}, num_layers={depth}, num_heads={g["num_heads"]}, mlp_ratio={g["mlp_ratio"]:g},
         out_indices={outs}, qkv_bias=True, patch_bias=True, drop_path_rate=0.1, with_cls_token=True,
         final_norm=False, norm_cfg=dict(type='LN', eps=1e-6), act_cfg=dict(type='GELU'),
-        interpolate_mode='bicubic',
+        interpolate_mode='bicubic','''
+        text = head + "# UperNet as the MAE/BEiT ADE20k configs (configs/mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py)\n" \
+            f"# with {holder} holding the exported weights.\n" + common + f'''model = dict(
+    pretrained=None,
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(
+        _delete_=True, {trunk}
         init_cfg=dict(type='Pretrained', checkpoint='{weights}')),
     neck=dict(type='Feature2Pyramid', embed_dim={d}, rescales=[4, 2, 1, 0.5], norm_cfg=norm_cfg),
     decode_head=dict(in_channels=[{d}, {d}, {d}, {d}], in_index=[0, 1, 2, 3], channels=768,
@@ -417,9 +443,17 @@ def export(checkpoint: str, fmt: str, out: Path, *, layout: str = "c4") -> dict:
     ckpt = load_spec(checkpoint)
     backbone = ckpt.backbone
     if not backbone.is_vit and not backbone.arch.startswith("resnet50"):
-        raise UserError(f"{backbone.arch}: export supports timm ViTs and resnet50")
+        raise UserError(f"{backbone.arch}: export supports timm ViTs, BEiTs and resnet50")
+    if backbone.conv_stem:
+        raise UserError(f"{backbone.arch}: a conv-stem ViT has no place in {fmt}: its ViT embeds patches with one "
+                        f"{backbone.patch_size}x{backbone.patch_size} convolution and has no conv stem; evaluate it "
+                        "with ssl-bench's own protocols (detection, segmentation)")
+    beit = backbone.family == "beit"
+    if beit and fmt != "mmseg":
+        raise UserError(f"{backbone.arch}: {fmt}'s ViTDet ViT has no layer scale or BEiT relative position bias; "
+                        "export a BEiT with --format mmseg (its BEiT backbone)")
     state = backbone.encoder_state_dict()
-    mapped, key_map, dropped = map_state_dict(state, fmt, is_vit=backbone.is_vit, layout=layout)
+    mapped, key_map, dropped = map_state_dict(state, fmt, is_vit=backbone.is_vit, layout=layout, beit=beit)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"backbone_{fmt}.pth"

@@ -1,4 +1,5 @@
-"""The backbone feature API checked against timm's own forward passes."""
+"""The backbone feature API checked against timm's own forward passes, for a plain ViT-Tiny and
+the conv-stem ViT-Tiny (which must behave as a ViT with patch 16 in every respect)."""
 
 import pytest
 import timm
@@ -9,14 +10,15 @@ from ssl_bench.backbones import Backbone
 ARCH = "vit_tiny_patch16_224"
 
 
-@pytest.fixture(scope="module")
-def pair():
+@pytest.fixture(scope="module", params=[ARCH, "vit_tiny_convstem_patch16_224"])
+def pair(request):
     """Our backbone and an independent timm model holding the same weights."""
     torch.manual_seed(0)
-    ours = Backbone(ARCH, img_size=64, mask_token=True).eval()
-    reference = timm.create_model(ARCH, pretrained=False, num_classes=0, img_size=64,
+    ours = Backbone(request.param, img_size=64, patch_size=16, mask_token=True).eval()
+    reference = timm.create_model(request.param, pretrained=False, num_classes=0, img_size=64,
                                   dynamic_img_size=True).eval()
     reference.load_state_dict(ours.model.state_dict())
+    assert ours.patch_size == 16
     return ours, reference
 
 

@@ -21,7 +21,7 @@ import torchvision
 from ssl_bench.backbones import Backbone
 from ssl_bench.cli import main
 from ssl_bench.errors import UserError
-from ssl_bench.export import map_state_dict
+from ssl_bench.export import export, map_state_dict
 
 C, DEPTH, P, N = 192, 12, 16, (224 // 16) ** 2  # vit_tiny_patch16_224
 
@@ -200,3 +200,9 @@ def test_export_bad_format_is_a_usage_error(capsys):
         main(["export", "--format", "caffe", "--checkpoint", "random:resnet50", "--out", "x"])
     assert exc.value.code == 2
     assert "detectron2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["detectron2", "mmdet", "mmseg"])
+def test_conv_stem_vit_is_refused_naming_why(tmp_path, fmt):
+    with pytest.raises(UserError, match="conv-stem ViT has no place"):
+        export("random:vit_tiny_convstem_patch16_224", fmt, tmp_path)

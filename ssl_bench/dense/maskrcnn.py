@@ -81,6 +81,9 @@ class ViTDetNet(nn.Module):
         self.window_size = int(window_size)
         self.windowed = [self.window_size > 0 and i not in set(int(g) for g in global_blocks)
                          for i in range(depth)]
+        if backbone.family == "beit" and any(self.windowed):
+            raise UserError(f"{backbone.arch}: ViTDet's window attention is defined for plain ViTs, not for a BEiT's "
+                            "relative position bias; set model.window_size=0 (global attention in every block)")
         self.embed_dim = backbone.embed_dim
         self.stride = backbone.patch_size
 
@@ -99,9 +102,15 @@ class ViTDetNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         vit = self.vit
-        x = vit.patch_embed(images)  # (B, h, w, C)
+        x = self.backbone.embed_patches(images)  # (B, h, w, C)
         b, h, w, c = x.shape
-        x = vit.norm_pre(x + self.abs_pos(h, w))
+        x = getattr(vit, "norm_pre", nn.Identity())(x + self.abs_pos(h, w))
+        if self.backbone.family == "beit":  # global attention only (checked above), no CLS token
+            shared = self.backbone.shared_bias((h, w), prefix=False)
+            x = x.reshape(b, h * w, c)
+            for block in vit.blocks:
+                x = self.backbone.run_block(block, x, (h, w), shared)
+            return x.transpose(1, 2).reshape(b, c, h, w).contiguous()
         for block, windowed in zip(vit.blocks, self.windowed):
             if windowed:
                 shortcut = x

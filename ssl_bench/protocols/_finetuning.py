@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..backbones import arch_family, timm_kwargs
 from ..engine import init_distributed, warmup_cosine
 from ..errors import UserError
 from ..progress import log, progress
@@ -45,16 +46,15 @@ def build_classifier(arch: str, num_classes: int, *, img_size: int | None = None
                      global_pool: str | None = None, fc_norm: bool | None = None, final_norm: bool = True,
                      drop_path_rate: float = 0.0) -> nn.Module:
     """A timm classifier of ``arch`` with a fresh ``num_classes`` head."""
-    kwargs: dict = {"pretrained": False, "num_classes": num_classes}
-    is_vit = arch.startswith(("vit_", "deit_"))
-    if drop_path_rate:
-        kwargs["drop_path_rate"] = drop_path_rate
+    kwargs = timm_kwargs(arch, img_size=img_size, patch_size=patch_size, drop_path_rate=drop_path_rate)
+    kwargs["num_classes"] = num_classes
+    kwargs.pop("use_fc_norm", None)  # a BEiT classifier places its norm by its pooling, like a ViT
+    is_vit = arch_family(arch) != "convnet"
     if is_vit:
-        kwargs.update(dynamic_img_size=True)
-        for name, value in (("img_size", img_size), ("patch_size", patch_size), ("global_pool", global_pool),
-                            ("fc_norm", fc_norm)):
-            if value is not None:
-                kwargs[name] = value
+        if global_pool is not None:
+            kwargs["global_pool"] = global_pool
+        if fc_norm is not None:
+            kwargs["fc_norm" if arch_family(arch) == "vit" else "use_fc_norm"] = fc_norm
     try:
         model = timm.create_model(arch, **kwargs)
     except (RuntimeError, TypeError) as err:
