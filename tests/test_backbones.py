@@ -6,6 +6,7 @@ import timm
 import torch
 
 from ssl_bench.backbones import Backbone
+from ssl_bench.errors import UserError
 
 ARCH = "vit_tiny_patch16_224"
 
@@ -114,3 +115,94 @@ def test_resnet50_pooled_features_match_timm():
     last = ours.patch_grid(x)[0]
     assert last.shape == (2, 2048, 2, 2)
     assert torch.allclose(last.mean((2, 3)), reference(x), atol=1e-5)
+
+
+# ----- BEiT (ConMIM's backbone) ---------------------------------------------------------------
+BEIT = "beit_tiny_patch16_224"
+
+
+def _beit_reference(img_size: int):
+    """timm's own BEiT at ``img_size`` with the final norm on every token (as Backbone builds it)."""
+    return timm.create_model(BEIT, pretrained=False, num_classes=0, img_size=img_size, use_fc_norm=False).eval()
+
+
+@pytest.fixture(scope="module")
+def beit():
+    """A BEiT backbone at 64 px (4x4 window) with random, non-zero relative position tables."""
+    torch.manual_seed(0)
+    ours = Backbone(BEIT, img_size=64, patch_size=16, mask_token=True).eval()
+    with torch.no_grad():
+        for block in ours.model.blocks:
+            block.attn.relative_position_bias_table.normal_(0, 1.0)
+            block.gamma_1.uniform_(0.5, 1.5)
+    return ours
+
+
+def sub_table(table: torch.Tensor, window: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+    """The BEiT table of a smaller grid, entry by entry: offset (dy, dx) lives at row
+    (dy + H - 1) * (2W - 1) + dx + W - 1 of a table for an H x W window; the 3 CLS rows follow."""
+    (big_h, big_w), (h, w) = window, grid
+    rows = [table[(dy + big_h - 1) * (2 * big_w - 1) + dx + big_w - 1]
+            for dy in range(-(h - 1), h) for dx in range(-(w - 1), w)]
+    return torch.cat([torch.stack(rows), table[-3:]])
+
+
+@torch.no_grad()
+def test_beit_tokens_match_timm_at_its_size(beit, images):
+    reference = _beit_reference(64)
+    reference.load_state_dict(beit.model.state_dict())
+    out = beit.tokens(images, blocks=[3, 11])
+    assert torch.allclose(out.normed, reference.forward_features(images), atol=1e-5)
+    maps = reference.forward_intermediates(images, indices=[3, 11], norm=False, intermediates_only=True)
+    for got, want in zip(beit.patch_grid(images, blocks=[3, 11]), maps):
+        assert torch.allclose(got, want, atol=1e-5)
+    assert beit.features(images, "cls_last4").shape == (2, 4 * 192)
+    everything = torch.ones(2, 16, dtype=torch.bool)
+    assert torch.allclose(beit.tokens(images, mask=everything).normed,
+                          beit.tokens(torch.randn(2, 3, 64, 64), mask=everything).normed, atol=1e-6)
+
+
+@torch.no_grad()
+def test_beit_smaller_grid_reads_its_offsets_from_the_table(beit):
+    small = _beit_reference(32)  # 2x2 window
+    state = dict(beit.model.state_dict())
+    for i in range(beit.depth):
+        key = f"blocks.{i}.attn.relative_position_bias_table"
+        state[key] = sub_table(state[key], (4, 4), (2, 2))
+    small.load_state_dict(state)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(beit.tokens(x).normed, small.forward_features(x), atol=1e-5)
+
+
+@torch.no_grad()
+def test_beit_larger_grid_resizes_tables_as_timm_does(beit):
+    reference = _beit_reference(64)
+    reference.load_state_dict(beit.model.state_dict())
+    reference.set_input_size(img_size=(96, 96))  # timm resizes every table (BEiT's rule)
+    x = torch.randn(2, 3, 96, 96)
+    assert torch.allclose(beit.tokens(x).normed, reference.forward_features(x), atol=1e-4)
+
+
+def test_beit_shared_bias_is_exported_per_block_and_trains():
+    torch.manual_seed(0)
+    shared = Backbone(BEIT, img_size=64, patch_size=16, shared_rel_pos_bias=True)
+    table = shared.model.rel_pos_bias.relative_position_bias_table
+    with torch.no_grad():
+        table.normal_()
+    state = shared.encoder_state_dict()
+    assert "rel_pos_bias.relative_position_bias_table" not in state
+    assert torch.equal(state["blocks.7.attn.relative_position_bias_table"], table)
+    plain = _beit_reference(64)
+    plain.load_state_dict(state)  # timm's own per-block layout
+    x = torch.randn(2, 3, 64, 64)
+    shared.eval()
+    with torch.no_grad():
+        assert torch.allclose(shared.tokens(x).normed, plain.forward_features(x), atol=1e-5)
+    shared.train()
+    shared.tokens(torch.randn(2, 3, 32, 32)).normed.sum().backward()  # another grid: still differentiable
+    assert table.grad is not None and table.grad.abs().sum() > 0
+
+
+def test_beit_refuses_patch_drop(beit, images):
+    with pytest.raises(UserError, match="patch drop"):
+        beit.tokens(images, keep=torch.tensor([0, 1]))
