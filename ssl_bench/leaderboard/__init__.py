@@ -35,7 +35,7 @@ confidence=0.95, seed=0, digits=1, reported_scope="measured", title=...) -> Comp
 return the matplotlib Figures.
 
 Reported numbers: ``leaderboards/reported.csv`` (``reported`` module, which also holds the
-name mapping from ``reference_results.csv``).
+name mapping of ``convert_reference``).
 
 The foundation's ``pivot(records)``, ``render(table, fmt)`` and ``write(text, out)`` stay
 as they were (``render`` also accepts a ComparisonTable).
