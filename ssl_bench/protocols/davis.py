@@ -36,7 +36,7 @@ from ..errors import UserError
 from ..metrics.davis import evaluate_folders
 from ..progress import progress
 from . import PROTOCOLS, EvalContext, Protocol
-from ._dense import dense_features, layer_spec, normalise, require_vit
+from ._patches import dense_features, layer_spec, normalise, require_vit
 
 
 # ----- DINO's preprocessing and propagation --------------------------------------------------

@@ -6,11 +6,11 @@ ResNet backbones use Mask R-CNN R50-C4 (MoCo's detectron2 configs) or R50-FPN. L
 repeat-factor sampling (threshold ``lvis.repeat_thresh``) and keeps up to
 ``lvis.detections_per_image`` (300) detections per image. Metrics: COCO bbox and segm AP, AP50,
 AP75, APs, APm, APl through pycocotools; LVIS AP, AP50, AP75, APs, APm, APl, APr, APc, APf
-through the lvis package (``ssl_bench.dense.coco_eval``).
+through the lvis package (``ssl_bench.protocols._dense.coco_eval``).
 
 Backends (``backend``): ``default`` is torchvision's ``MaskRCNN`` (no compiled extension,
-``ssl_bench.dense.maskrcnn``); ``mmdet`` builds mmdet's ``MaskRCNN`` from a generated config with
-our backbone registered as its backbone (``ssl_bench.dense.mm``). Both train with the same data,
+``ssl_bench.protocols._dense.maskrcnn``); ``mmdet`` builds mmdet's ``MaskRCNN`` from a generated config with
+our backbone registered as its backbone (``ssl_bench.protocols._dense.mm``). Both train with the same data,
 optimiser and schedule and are scored by the same evaluation.
 Not reproduced: ViTDet-LVIS's sigmoid/federated classification loss (both backends use softmax CE).
 """
@@ -23,6 +23,8 @@ import torch
 
 from ..errors import UserError
 from ..progress import log, progress
+from ..schedules import lr_factor
+from ..seeding import seed_everything
 from . import PROTOCOLS, EvalContext, Protocol
 from ._common import records_for
 
@@ -65,12 +67,12 @@ class DropCrowd:
 
 
 class DefaultDetBackend:
-    """torchvision ``MaskRCNN`` (``ssl_bench.dense.maskrcnn``)."""
+    """torchvision ``MaskRCNN`` (``ssl_bench.protocols._dense.maskrcnn``)."""
 
     name = "default"
 
     def __init__(self, backbone, num_classes: int, recipe: dict, test_cfg: dict):
-        from ..dense.maskrcnn import build_maskrcnn
+        from ._dense.maskrcnn import build_maskrcnn
 
         self.model, self._heads = build_maskrcnn(backbone, num_classes, recipe["model"], test_cfg)
 
@@ -98,7 +100,7 @@ def build_backend(backbone, num_classes: int, recipe: dict, test_cfg: dict):
     if recipe["backend"] == "default":
         return DefaultDetBackend(backbone, num_classes, recipe, test_cfg)
     if recipe["backend"] == "mmdet":
-        from ..dense.mm import MMDetBackend
+        from ._dense.mm import MMDetBackend
 
         return MMDetBackend(backbone, num_classes, recipe, test_cfg)
     raise UserError(f"recipe key 'backend': {recipe['backend']!r}; valid: {', '.join(BACKENDS)}")
@@ -113,13 +115,14 @@ def test_settings(recipe: dict, fmt: str) -> dict:
 
 
 def train_detector(backend, backbone, dataset, recipe: dict, device: torch.device, *, lvis: bool) -> list[float]:
-    from ..dense.common import build_adamw, check_finite, layer_decay_groups, lr_factor, set_lr
-    from ..dense.sampling import infinite_indices, repeat_factors
+    from ._dense.common import build_adamw, check_finite, set_lr
+    from ._finetuning import layer_decay_groups
+    from ._dense.sampling import infinite_indices, repeat_factors
 
     optim, sched = recipe["optim"], recipe["schedule"]
     iters, batch = int(sched["iters"]), int(recipe["batch_size"])
-    groups = layer_decay_groups(backbone, backend.heads(), weight_decay=float(optim["weight_decay"]),
-                                layer_decay=float(optim["layer_decay"]))
+    groups = layer_decay_groups(backbone.model, weight_decay=float(optim["weight_decay"]),
+                                layer_decay=float(optim["layer_decay"]), heads=backend.heads())
     optimizer = build_adamw(groups, optim)
     generator = torch.Generator().manual_seed(int(recipe["seed"]))
     factors = None
@@ -150,7 +153,7 @@ def train_detector(backend, backbone, dataset, recipe: dict, device: torch.devic
 @torch.no_grad()
 def detect(backend, dataset, device: torch.device, desc: str) -> list[dict]:
     """COCO-format results of every image of ``dataset``."""
-    from ..dense.coco_eval import to_results
+    from ._dense.coco_eval import to_results
 
     results = []
     for i in progress(range(len(dataset)), desc=desc, unit="img"):
@@ -167,9 +170,9 @@ class Detection(Protocol):
     name = "detection"
 
     def run(self, ctx: EvalContext) -> list[dict]:
-        from ..dense.coco_eval import coco_evaluate, lvis_evaluate
-        from ..dense.common import seed_all, set_drop_path, trainable_backbone
-        from ..dense.transforms import LSJTransform
+        from ._dense.coco_eval import coco_evaluate, lvis_evaluate
+        from ._dense.common import set_drop_path, trainable_backbone
+        from ._dense.transforms import LSJTransform
 
         recipe = ctx.recipe
         if recipe["backend"] not in BACKENDS:
@@ -179,7 +182,7 @@ class Detection(Protocol):
             raise UserError(f"recipe key 'datasets': {formats!r}; give a non-empty list of {', '.join(FORMATS)}")
         records = []
         for fmt in formats:
-            seed_all(int(recipe["seed"]))
+            seed_everything(int(recipe["seed"]))
             lsj = recipe["lsj"]
             transform = DropCrowd(LSJTransform(recipe["model"]["image_size"], lsj["min_scale"], lsj["max_scale"],
                                                lsj["flip_prob"], seed=int(recipe["seed"])))

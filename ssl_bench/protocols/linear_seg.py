@@ -34,8 +34,9 @@ from torch.nn import functional as F
 from ..errors import UserError
 from ..metrics.segmentation import IGNORE_INDEX, IoUAccumulator
 from ..progress import progress
+from ..schedules import lr_factor
 from . import PROTOCOLS, EvalContext, Protocol
-from ._dense import block_indices, require_vit
+from ._patches import block_indices, require_vit
 
 
 # ----- data ------------------------------------------------------------------------------------
@@ -98,14 +99,6 @@ def block_features(backbone, images: torch.Tensor, blocks: list[int]) -> torch.T
     maps = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
             for m in maps]
     return torch.cat(maps, dim=1).float()
-
-
-def lr_factor(it: int, total: int, warmup: int, power: float, warmup_ratio: float) -> float:
-    """Linear warm-up (from ``warmup_ratio``) then poly decay to 0 (mmseg LinearLR + PolyLR)."""
-    poly = (1 - it / total) ** power
-    if it < warmup:
-        return poly * (warmup_ratio + (1 - warmup_ratio) * it / warmup)
-    return poly
 
 
 def eval_size(h: int, w: int, short: int, patch: int) -> tuple[int, int]:
@@ -184,6 +177,9 @@ class LinearSegmentation(Protocol):
         opt = torch.optim.AdamW(head.parameters(), lr=float(cfg["lr"]), betas=betas,
                                 weight_decay=float(cfg["weight_decay"]))
         total, batch = int(cfg["iterations"]), int(cfg["batch_size"])
+        # mmseg LinearLR warm-up then PolyLR to 0
+        schedule = {"kind": "poly", "warmup_iters": int(cfg["warmup_iters"]),
+                    "warmup_ratio": float(cfg["warmup_ratio"]), "power": float(cfg["poly_power"])}
         order = rng.permutation(n_train)
         pos = 0
         head.train()
@@ -201,8 +197,7 @@ class LinearSegmentation(Protocol):
                 x = block_features(backbone, imgs, blocks)
                 y = torch.stack([p[1] for p in pairs]).to(ctx.device)
             for group in opt.param_groups:
-                group["lr"] = float(cfg["lr"]) * lr_factor(it, total, int(cfg["warmup_iters"]),
-                                                           float(cfg["poly_power"]), float(cfg["warmup_ratio"]))
+                group["lr"] = float(cfg["lr"]) * lr_factor(it, schedule, total)
             logits = F.interpolate(head(x), size=y.shape[-2:], mode="bilinear", align_corners=False)
             loss = F.cross_entropy(logits, y.long(), ignore_index=IGNORE_INDEX)
             opt.zero_grad(set_to_none=True)

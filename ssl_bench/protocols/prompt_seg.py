@@ -1,6 +1,7 @@
 """Zero-shot prompt segmentation and the intra-/inter-object similarity analysis (MMC paper).
 
-Paper: "MMC" (shared/papers/mmc.txt), Section "Zero-shot Segmentation from Prompts", Table 1
+Paper: MMC (Wu et al., "Masked Momentum Contrastive Learning for Zero-shot Semantic
+Understanding"), Section "Zero-shot Segmentation from Prompts", Table 1
 (COCO mIoU at thresholds 0.1-0.4 and the optimal threshold of a sweep 0 -> 0.9) and Table 5
 (means of the intra- and inter-object similarity distributions and their overlap area).
 
@@ -51,7 +52,7 @@ from torch.nn import functional as F
 from ..errors import UserError
 from ..progress import progress
 from . import PROTOCOLS, EvalContext, Protocol
-from ._dense import dense_features, layer_spec, require_vit
+from ._patches import dense_features, layer_spec, require_vit
 
 PROMPTS = ("interior", "max_overlap", "random")
 UPSAMPLE = ("mask", "similarity")

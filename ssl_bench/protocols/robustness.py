@@ -1,7 +1,7 @@
 """Robustness of a checkpoint's classifier: ImageNet-A, ImageNet-R, ImageNet-Sketch, ImageNet-C.
 
 The classifier is the linear-probe head or the fine-tuned network saved for this checkpoint by the
-``linear`` / ``finetune`` protocols (``<results>/heads/<sha256>/``, ``_heads.load_classifier``),
+``linear`` / ``finetune`` protocols (``<results>/heads/<sha256>/``, ``load_classifier``),
 applied with the feature conventions and eval transform stored with it. When none is saved and
 ``train_if_missing`` is true, the linear probe is trained first (the ``linear`` protocol's package
 defaults, overridden by this recipe's ``linear`` mapping, on the clean train set of ``dataset``),
@@ -29,12 +29,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
+from ..data.loading import make_loader
 from ..errors import UserError
 from ..metrics.robustness import corruption_errors, mce, mean_errors
 from ..progress import log, progress
 from ..recipes import load_defaults, merge
 from . import PROTOCOLS, EvalContext, Protocol
+from ._classifiers import classifier_dir, list_classifiers, read_classifier
+from ._finetuning import build_classifier
+from .linear import Linear, LinearHead
 
 VARIANTS = ("imagenet-a", "imagenet-r", "imagenet-sketch", "imagenet-c")
 
@@ -47,10 +52,27 @@ def dataset_root(ctx: EvalContext, cfg: dict, fmt: str) -> Path:
     return resolve(Path(ctx.data) / given if given else Path(ctx.data), fmt)
 
 
+def load_classifier(results_dir: Path, sha256: str, name: str | None = None) -> tuple[nn.Module, dict]:
+    """A saved classifier of the checkpoint with this sha256 and its metadata (``_classifiers``).
+
+    Linear heads come back as ``LinearHead`` (input: features as described by
+    ``meta['feature_spec']`` and ``meta['transform']``); fine-tuned networks as the timm
+    classifier (input: images).
+    """
+    state, meta = read_classifier(results_dir, sha256, name)
+    if meta.get("kind") == "linear":
+        module = LinearHead(meta["dim"], meta["num_classes"], meta["norm"], meta["l2_normalize"])
+    elif meta.get("kind") == "finetuned":
+        module = build_classifier(meta["arch"], meta["num_classes"], **meta["model_kwargs"])
+    else:
+        raise UserError(f"{classifier_dir(results_dir, sha256)}/{meta.get('name')}.json: unknown classifier "
+                        f"kind {meta.get('kind')!r}")
+    module.load_state_dict(state)
+    return module.eval(), meta
+
+
 def _classifier(ctx: EvalContext, cfg: dict):
     """(module, meta, trained_here) for this checkpoint."""
-    from ._heads import list_classifiers, load_classifier
-
     sha = ctx.checkpoint.sha256
     wanted = cfg["classifier"]
     names = list_classifiers(ctx.results_dir, sha)
@@ -66,9 +88,6 @@ def _classifier(ctx: EvalContext, cfg: dict):
     if not cfg["train_if_missing"]:
         raise UserError(f"no classifier saved for {ctx.checkpoint.label} under {ctx.results_dir}/heads; run "
                         "'ssl-bench eval --protocol linear' first or set train_if_missing: true")
-    from ._heads import load_linear_head
-    from .linear import Linear
-
     recipe = merge(load_defaults("protocols/linear"), {"dataset": cfg["dataset"], **cfg["linear"]},
                    "robustness recipe key 'linear'")
     recipe["save_head"] = True
@@ -76,14 +95,15 @@ def _classifier(ctx: EvalContext, cfg: dict):
         f"(variant {recipe['variant']}) on the clean {cfg['dataset']} train split first")
     clean = dataset_root(ctx, cfg, cfg["dataset"])
     Linear().run(EvalContext(ctx.checkpoint, clean, recipe, ctx.results_dir, ctx.device))
-    return (*load_linear_head(ctx.results_dir, sha, recipe["variant"]), True)
+    return (*load_classifier(ctx.results_dir, sha, f"linear-{recipe['variant']}"), True)
 
 
 class _Scorer:
     """Logits of a dataset under the classifier (linear head on cached features, or a network)."""
 
     def __init__(self, ctx: EvalContext, cfg: dict, module, meta: dict):
-        from ._features import FeatureSpec, eval_transform, normalise_filter
+        from ..filters import normalise_filter
+        from ._features import FeatureSpec, eval_transform
 
         spec = meta["feature_spec"]
         self.spec = FeatureSpec(spec["feature"], bool(spec["final_norm"]),
@@ -107,8 +127,7 @@ class _Scorer:
                 x = torch.from_numpy(np.array(feats.features[start:start + 4096], np.float32)).to(self.ctx.device)
                 out.append(self.module(x).float().cpu().numpy())
             return np.concatenate(out) if out else np.zeros((0, len(self.classes))), np.asarray(feats.labels)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=int(self.cfg["batch_size"]),
-                                             num_workers=int(self.cfg["num_workers"]))
+        loader = make_loader(dataset, int(self.cfg["batch_size"]), workers=int(self.cfg["num_workers"]))
         out, labels = [], []
         for images, y in progress(loader, desc=desc, unit="batch"):
             out.append(self.module(images.to(self.ctx.device)).float().cpu().numpy())

@@ -9,10 +9,10 @@ window (``test.crop_size`` / ``test.stride``), logits resized to the original si
 mIoU exactly as mmseg ``IoUMetric`` (``ssl_bench.metrics.segmentation``).
 
 Backends (``backend``): ``default`` needs no compiled extension (segmentation-models-pytorch's
-``UPerNetDecoder`` + our neck, ``ssl_bench.dense.upernet``); ``mmseg`` builds mmseg's
+``UPerNetDecoder`` + our neck, ``ssl_bench.protocols._dense.upernet``); ``mmseg`` builds mmseg's
 ``EncoderDecoder`` (Feature2Pyramid + UPerHead + FCNHead) from a generated config with our
 backbone registered as its backbone, trains it with the same optimiser/schedule/pipeline, runs
-mmseg's own slide inference and scores with mmseg's ``IoUMetric`` (``ssl_bench.dense.mm``).
+mmseg's own slide inference and scores with mmseg's ``IoUMetric`` (``ssl_bench.protocols._dense.mm``).
 """
 
 from __future__ import annotations
@@ -21,10 +21,13 @@ import itertools
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import RandomSampler
 
+from ..data.loading import make_loader
 from ..errors import UserError
 from ..progress import log, progress
+from ..schedules import lr_factor
+from ..seeding import seed_everything
 from . import PROTOCOLS, EvalContext, Protocol
 from ._common import records_for
 
@@ -49,9 +52,8 @@ def infinite_batches(dataset, batch_size: int, seed: int, num_workers: int = 0):
     if batch_size < 2:
         raise UserError(f"recipe key 'batch_size': {batch_size}; UperNet's BatchNorm layers need at least 2")
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=RandomSampler(dataset, generator=generator),
-                        num_workers=num_workers, drop_last=len(dataset) >= batch_size,
-                        worker_init_fn=_reseed_worker)
+    loader = make_loader(dataset, batch_size, sampler=RandomSampler(dataset, generator=generator), workers=num_workers,
+                         drop_last=len(dataset) >= batch_size, worker_init_fn=_reseed_worker)
     for epoch in itertools.count():
         yield from loader
 
@@ -64,12 +66,12 @@ def _reseed_worker(worker_id: int) -> None:
 
 
 class DefaultSegBackend:
-    """UperNet from ``ssl_bench.dense.upernet`` (no compiled extension)."""
+    """UperNet from ``ssl_bench.protocols._dense.upernet`` (no compiled extension)."""
 
     name = "default"
 
     def __init__(self, backbone, num_classes: int, recipe: dict):
-        from ..dense.upernet import UperNet
+        from ._dense.upernet import UperNet
 
         self.model = UperNet(backbone, num_classes, recipe["model"])
         self.aux_weight = float(recipe["model"]["aux_weight"])
@@ -82,7 +84,7 @@ class DefaultSegBackend:
         self.model.train(mode)
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        from ..dense.upernet import seg_loss
+        from ._dense.upernet import seg_loss
 
         out, aux = self.model(images)
         loss = seg_loss(out, labels)
@@ -91,7 +93,7 @@ class DefaultSegBackend:
         return loss
 
     def evaluate(self, dataset, recipe: dict) -> dict:
-        from ..dense.upernet import predict_dataset
+        from ._dense.upernet import predict_dataset
         from ..metrics.segmentation import IoUAccumulator
 
         acc = IoUAccumulator(self.num_classes)  # labels arrive reduced by the dataset
@@ -105,7 +107,7 @@ def build_backend(backbone, num_classes: int, recipe: dict):
     if backend == "default":
         return DefaultSegBackend(backbone, num_classes, recipe)
     if backend == "mmseg":
-        from ..dense.mm import MMSegBackend
+        from ._dense.mm import MMSegBackend
 
         return MMSegBackend(backbone, num_classes, recipe)
     raise UserError(f"recipe key 'backend': {backend!r}; valid: {', '.join(BACKENDS)}")
@@ -113,12 +115,13 @@ def build_backend(backbone, num_classes: int, recipe: dict):
 
 def train_segmentation(backend, backbone, dataset, recipe: dict, device: torch.device) -> list[float]:
     """Iteration-based training; returns the loss of every iteration."""
-    from ..dense.common import build_adamw, check_finite, layer_decay_groups, lr_factor, set_lr
+    from ._dense.common import build_adamw, check_finite, set_lr
+    from ._finetuning import layer_decay_groups
 
     optim, sched = recipe["optim"], recipe["schedule"]
     iters = int(sched["iters"])
-    groups = layer_decay_groups(backbone, backend.heads(), weight_decay=float(optim["weight_decay"]),
-                                layer_decay=float(optim["layer_decay"]))
+    groups = layer_decay_groups(backbone.model, weight_decay=float(optim["weight_decay"]),
+                                layer_decay=float(optim["layer_decay"]), heads=backend.heads())
     optimizer = build_adamw(groups, optim)
     batches = infinite_batches(dataset, int(recipe["batch_size"]), int(recipe["seed"]), int(recipe["num_workers"]))
     backend.train(True)
@@ -147,13 +150,13 @@ class Segmentation(Protocol):
     name = "segmentation"
 
     def run(self, ctx: EvalContext) -> list[dict]:
-        from ..dense.common import seed_all, set_drop_path, trainable_backbone
-        from ..dense.transforms import SegTestTransform, SegTrainTransform
+        from ._dense.common import set_drop_path, trainable_backbone
+        from ._dense.transforms import SegTestTransform, SegTrainTransform
 
         recipe = ctx.recipe
         if recipe["backend"] not in BACKENDS:
             raise UserError(f"recipe key 'backend': {recipe['backend']!r}; valid: {', '.join(BACKENDS)}")
-        seed_all(int(recipe["seed"]))
+        seed_everything(int(recipe["seed"]))
         name, train, val = open_ade20k(ctx.data, recipe, SegTrainTransform(recipe["train_pipeline"], int(recipe["seed"])),
                                        SegTestTransform(recipe["test"]))
         backbone = trainable_backbone(ctx.checkpoint)

@@ -57,9 +57,9 @@ def test_openmmlab_resnet_loads_the_export_strictly(stack):
 
 
 def test_both_segmentation_backends_score_fixed_predictions_the_same(ade_root):
-    import ssl_bench.dense.upernet as up
+    import ssl_bench.protocols._dense.upernet as up
     from ssl_bench.data.ade20k import ADE20kSegmentation
-    from ssl_bench.dense.mm import MMSegBackend
+    from ssl_bench.protocols._dense.mm import MMSegBackend
     from ssl_bench.protocols.segmentation import DefaultSegBackend
 
     val = ADE20kSegmentation(ade_root / "ADEChallengeData2016", "validation")
@@ -86,9 +86,9 @@ def test_both_segmentation_backends_score_fixed_predictions_the_same(ade_root):
 
 def test_mmseg_short_training_lowers_the_loss_and_predicts(ade_root):
     from ssl_bench.data.ade20k import ADE20kSegmentation
-    from ssl_bench.dense.common import seed_all
-    from ssl_bench.dense.mm import MMSegBackend
-    from ssl_bench.dense.transforms import SegTestTransform, SegTrainTransform
+    from ssl_bench.seeding import seed_everything
+    from ssl_bench.protocols._dense.mm import MMSegBackend
+    from ssl_bench.protocols._dense.transforms import SegTestTransform, SegTrainTransform
     from ssl_bench.protocols.segmentation import train_segmentation
 
     recipe = small_recipe()
@@ -96,7 +96,7 @@ def test_mmseg_short_training_lowers_the_loss_and_predicts(ade_root):
     # (momentum 0.1) that the held-out loss in eval mode reads, so 10 steps show no trend yet
     recipe["optim"]["lr"] = 5e-3
     recipe["schedule"].update(iters=40, warmup_iters=1)
-    seed_all(0)
+    seed_everything(0)
     backbone = Backbone("vit_tiny_patch16_224")
     train = ADE20kSegmentation(ade_root / "ADEChallengeData2016", "training", SegTrainTransform(recipe["train_pipeline"]))
     backend = MMSegBackend(backbone, train.num_classes, recipe)

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
-from ..progress import progress
+from ...errors import UserError
+from ...progress import progress
 
 
 class Feature2Pyramid(nn.Module):

@@ -1,4 +1,4 @@
-"""Parts the dense frozen-feature protocols share (DAVIS, prompt and linear segmentation).
+"""Patch-feature maps of a frozen ViT, as the DAVIS, prompt and linear segmentation protocols read them.
 
 * ``layer_spec`` / ``dense_features``: which tokens form the patch-feature map. ``layer: last`` is
   the last block's output after the final norm (DINO ``get_intermediate_layers(n=1)``); an integer

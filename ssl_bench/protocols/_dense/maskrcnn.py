@@ -39,7 +39,7 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ..errors import UserError
+from ...errors import UserError
 from .common import IMAGENET_MEAN, IMAGENET_STD, LayerNorm2d
 
 

@@ -98,7 +98,7 @@ def coco_evaluate(ann_file: str | Path, results: list[dict], iou_types=("bbox", 
 def lvis_evaluate(ann_file: str | Path, results: list[dict], iou_types=("bbox", "segm"),
                   max_dets: int = 300) -> dict[str, float]:
     """{'bbox/AP': ..., 'segm/APr': ...} x 100 through the lvis package (federated evaluation)."""
-    from ..data.lvis_compat import import_lvis
+    from ...data.lvis_compat import import_lvis
 
     lvis = import_lvis()
     with _quiet():

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
+from ...errors import UserError
 from .common import IMAGENET_MEAN, IMAGENET_STD, LayerNorm2d
 
 #: live backbones by key: the configs stay plain data while the modules carry our trained weights
@@ -216,7 +216,7 @@ class MMSegBackend:
         return self.model.predict(image[None], samples)[0].pred_sem_seg.data[0].cpu()
 
     def evaluate(self, dataset, recipe: dict) -> dict:
-        from ..progress import progress
+        from ...progress import progress
 
         preds, labels = [], []
         device = next(self.model.parameters()).device

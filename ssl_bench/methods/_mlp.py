@@ -1,12 +1,10 @@
-"""Projector / MLP builders and small loss helpers shared by the methods."""
+"""The MLP heads (projectors, predictors) the methods build, and their initialisation."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
-import torch.distributed as dist
-from torch import Tensor, nn
+from torch import nn
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 3, *, bias: bool = True,
@@ -39,32 +37,3 @@ def trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:
             nn.init.trunc_normal_(m.weight, std=std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-
-
-def distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-class AllReduceMean(torch.autograd.Function):
-    """Mean across ranks in the forward pass, identity gradient (msn src/utils.py ``AllReduce``)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        if distributed():
-            x = x.contiguous() / dist.get_world_size()
-            dist.all_reduce(x)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        return grad
-
-
-def info_nce(queries: Tensor, keys: Tensor, positives: Tensor, temperature: float) -> Tensor:
-    """Cross-entropy of ``queries @ keys.T / t`` against the positive key indices.
-
-    ``queries`` (Q, D) and ``keys`` (K, D) are L2-normalised here; ``positives`` (Q,) long.
-    """
-    queries = nn.functional.normalize(queries, dim=-1)
-    keys = nn.functional.normalize(keys, dim=-1)
-    return nn.functional.cross_entropy(queries @ keys.T / temperature, positives)

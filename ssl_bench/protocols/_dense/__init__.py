@@ -1,7 +1,8 @@
-"""Parts the trained dense protocols share (ADE20k UperNet, COCO/LVIS Mask R-CNN).
+"""The models and pipelines of the trained dense protocols (``detection``: COCO/LVIS Mask R-CNN,
+``segmentation``: ADE20k UperNet); their schedules are ``ssl_bench.schedules``, their layer-decay
+groups ``_finetuning.layer_decay_groups``.
 
-``common``       LayerNorm2d, layer-decay AdamW groups (timm), warmup+poly / warmup+multistep
-                 schedules, drop-path on an existing backbone, seeding
+``common``       LayerNorm2d, the optimiser, lr setting, drop-path on an existing backbone
 ``transforms``   the training pipelines (mmseg ADE20k pipeline; ViTDet large-scale jitter)
 ``upernet``      ViT multi-level neck (Feature2Pyramid, 4x/2x/1x/0.5x), UperNet model on
                  segmentation-models-pytorch's ``UPerNetDecoder``, FCN auxiliary head,
