@@ -166,23 +166,31 @@ def held_out_loss(backend, batch) -> float:
         return float(backend.loss(*batch))
 
 
+def short_training(ade_root: Path, recipe: dict, make_backend, arch: str = "vit_tiny_patch16_224"):
+    """Seeded ``train_segmentation`` of ``make_backend(backbone, classes, recipe)`` on the fixture:
+    (backend, training set, losses, held-out loss before, held-out loss after)."""
+    from ssl_bench.data.ade20k import ADE20kSegmentation
+    from ssl_bench.protocols.segmentation import train_segmentation
+    from ssl_bench.seeding import seed_everything
+
+    seed_everything(0)
+    backbone = Backbone(arch)
+    dataset = ADE20kSegmentation(ade_root / "ADEChallengeData2016", "training", SegTrainTransform(recipe["train_pipeline"]))
+    backend = make_backend(backbone, dataset.num_classes, recipe)
+    batch = fixed_batch(ade_root, recipe)
+    before = held_out_loss(backend, batch)
+    losses = train_segmentation(backend, backbone, dataset, recipe, torch.device("cpu"))
+    return backend, dataset, losses, before, held_out_loss(backend, batch)
+
+
 @pytest.mark.parametrize("arch", ["vit_tiny_patch16_224", "resnet18"])
 def test_short_training_lowers_the_loss(ade_root, arch):
-    from ssl_bench.data.ade20k import ADE20kSegmentation
-    from ssl_bench.seeding import seed_everything
-    from ssl_bench.protocols.segmentation import DefaultSegBackend, train_segmentation
+    from ssl_bench.protocols.segmentation import DefaultSegBackend
 
     recipe = small_recipe()
     recipe["optim"]["lr"] = 2e-3
     recipe["schedule"].update(iters=10, warmup_iters=1)
-    seed_everything(0)
-    backbone = Backbone(arch)
-    dataset = ADE20kSegmentation(ade_root / "ADEChallengeData2016", "training", SegTrainTransform(recipe["train_pipeline"]))
-    backend = DefaultSegBackend(backbone, dataset.num_classes, recipe)
-    batch = fixed_batch(ade_root, recipe)
-    before = held_out_loss(backend, batch)
-    losses = train_segmentation(backend, backbone, dataset, recipe, torch.device("cpu"))
-    after = held_out_loss(backend, batch)
+    _, _, losses, before, after = short_training(ade_root, recipe, DefaultSegBackend, arch)
     assert len(losses) == 10 and all(np.isfinite(losses))
     assert after < 0.95 * before  # the loss on a fixed batch, in eval mode, went down
 

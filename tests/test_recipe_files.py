@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ssl_bench.engine.recipe import method_name
-from ssl_bench.recipes import load_defaults, merge, read_yaml, recipe_layers
+from ssl_bench.recipes import load_defaults, merge, recipe_layers
 
 REPO = Path(__file__).resolve().parents[1]
 PROTOCOL_DEFAULTS = sorted((p.stem for p in (REPO / "ssl_bench/defaults/protocols").glob("*.yaml")),

@@ -45,6 +45,14 @@ def open_classification(ctx, recipe: dict, val_transform, train_transform=None) 
     return ClassificationData(name, Path(root), train, val, list(train.classes))
 
 
+def recipe_choice(recipe: dict, key: str, valid: tuple[str, ...]) -> str:
+    """``recipe[key]``, which must be one of ``valid`` (else a ``UserError`` naming key and choices)."""
+    value = recipe.get(key)
+    if value not in valid:
+        raise UserError(f"recipe key '{key}': {value!r} is not one of {', '.join(valid)}")
+    return value
+
+
 def records_for(dataset: str, metrics: dict[str, float], spec=None, extra: dict | None = None,
                 per_sample: dict[str, np.ndarray] | None = None) -> list[dict]:
     """Result records, each carrying the feature conventions and the extras.

@@ -23,10 +23,9 @@ import torch
 
 from ..errors import UserError
 from ..progress import log, progress
-from ..schedules import lr_factor
 from ..seeding import seed_everything
 from . import PROTOCOLS, EvalContext, Protocol
-from ._common import records_for
+from ._common import recipe_choice, records_for
 
 BACKENDS = ("default", "mmdet")
 FORMATS = ("coco", "lvis")
@@ -115,39 +114,25 @@ def test_settings(recipe: dict, fmt: str) -> dict:
 
 
 def train_detector(backend, backbone, dataset, recipe: dict, device: torch.device, *, lvis: bool) -> list[float]:
-    from ._dense.common import build_adamw, check_finite, set_lr
-    from ._finetuning import layer_decay_groups
+    """Iteration-based training on images drawn in a seeded order (LVIS: with repeat factors)."""
+    from ._dense.common import train_iterations
     from ._dense.sampling import infinite_indices, repeat_factors
 
-    optim, sched = recipe["optim"], recipe["schedule"]
-    iters, batch = int(sched["iters"]), int(recipe["batch_size"])
-    groups = layer_decay_groups(backbone.model, weight_decay=float(optim["weight_decay"]),
-                                layer_decay=float(optim["layer_decay"]), heads=backend.heads())
-    optimizer = build_adamw(groups, optim)
     generator = torch.Generator().manual_seed(int(recipe["seed"]))
     factors = None
     if lvis and float(recipe["lvis"]["repeat_thresh"]) > 0:
         cats = [{a["category_id"] for a in dataset.anns_by_image.get(i, [])} for i in dataset.ids]
         factors = repeat_factors(cats, float(recipe["lvis"]["repeat_thresh"]))
     order = infinite_indices(len(dataset), generator, factors)
-    backend.train(True)
-    losses = []
-    bar = progress(range(iters), desc=f"train mask r-cnn ({backend.name})", unit="it")
-    for it in bar:
-        set_lr(optimizer, float(optim["lr"]), lr_factor(it, sched, iters))
-        samples = [dataset[next(order)] for _ in range(batch)]
-        images = [s[0].to(device) for s in samples]
-        targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in s[1].items()} for s in samples]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(recipe["bf16"])):
-            loss = backend.loss(images, targets)
-        check_finite(loss.detach(), it, "detection training")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    backend.train(False)
-    return losses
+
+    def batches():
+        while True:
+            samples = [dataset[next(order)] for _ in range(int(recipe["batch_size"]))]
+            yield ([s[0].to(device) for s in samples],
+                   [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in s[1].items()} for s in samples])
+
+    return train_iterations(backend, backbone, batches(), recipe, device, what="detection training",
+                            desc=f"train mask r-cnn ({backend.name})")
 
 
 @torch.no_grad()
@@ -171,12 +156,11 @@ class Detection(Protocol):
 
     def run(self, ctx: EvalContext) -> list[dict]:
         from ._dense.coco_eval import coco_evaluate, lvis_evaluate
-        from ._dense.common import set_drop_path, trainable_backbone
+        from ._dense.common import trainable_backbone
         from ._dense.transforms import LSJTransform
 
         recipe = ctx.recipe
-        if recipe["backend"] not in BACKENDS:
-            raise UserError(f"recipe key 'backend': {recipe['backend']!r}; valid: {', '.join(BACKENDS)}")
+        recipe_choice(recipe, "backend", BACKENDS)
         formats = recipe["datasets"]
         if not formats or any(f not in FORMATS for f in formats):
             raise UserError(f"recipe key 'datasets': {formats!r}; give a non-empty list of {', '.join(FORMATS)}")
@@ -187,8 +171,7 @@ class Detection(Protocol):
             transform = DropCrowd(LSJTransform(recipe["model"]["image_size"], lsj["min_scale"], lsj["max_scale"],
                                                lsj["flip_prob"], seed=int(recipe["seed"])))
             name, train, val = open_instances(ctx.data, fmt, recipe, transform)
-            backbone = trainable_backbone(ctx.checkpoint)
-            set_drop_path(backbone, float(recipe["model"]["drop_path"]))
+            backbone = trainable_backbone(ctx.checkpoint, float(recipe["model"]["drop_path"]))
             backend = build_backend(backbone, train.num_classes, recipe, test_settings(recipe, fmt)).to(ctx.device)
             losses = train_detector(backend, backbone, train, recipe, ctx.device, lvis=fmt == "lvis")
             log(f"detection {name}: loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} iterations")

@@ -48,7 +48,7 @@ from ..progress import log, progress
 from ..schedules import warmup_cosine
 from . import PROTOCOLS, EvalContext, Protocol
 from ._classifiers import save_classifier
-from ._common import open_classification, records_for, topk_correct, topk_hits
+from ._common import open_classification, recipe_choice, records_for, topk_correct, topk_hits
 from ._features import (eval_transform, feature_spec, forward_features, split_features,
                         train_transform)
 
@@ -297,9 +297,7 @@ class Linear(Protocol):
 
     def run(self, ctx: EvalContext) -> list[dict]:
         recipe = ctx.recipe
-        mode = recipe["train_features"]
-        if mode not in TRAIN_FEATURES:
-            raise UserError(f"recipe key 'train_features': unknown value '{mode}'; valid: {', '.join(TRAIN_FEATURES)}")
+        mode = recipe_choice(recipe, "train_features", TRAIN_FEATURES)
         spec = feature_spec(ctx.checkpoint, recipe)
         tcfg = recipe["transform"]
         data = open_classification(ctx, recipe, eval_transform(tcfg, spec.input_filter))

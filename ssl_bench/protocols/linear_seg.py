@@ -36,6 +36,7 @@ from ..metrics.segmentation import IGNORE_INDEX, IoUAccumulator
 from ..progress import progress
 from ..schedules import lr_factor
 from . import PROTOCOLS, EvalContext, Protocol
+from ._common import recipe_choice
 from ._patches import block_indices, require_vit
 
 
@@ -139,9 +140,7 @@ class LinearSegmentation(Protocol):
         from ..data.resolve import dataset_name, resolve
 
         cfg = ctx.recipe
-        fmt = cfg["dataset"]
-        if fmt not in ("ade20k", "coco"):
-            raise UserError(f"recipe key 'dataset': {fmt!r} is not one of ade20k, coco")
+        fmt = recipe_choice(cfg, "dataset", ("ade20k", "coco"))
         reduce_zero = cfg["reduce_zero_label"]
         if reduce_zero in (None, "auto"):
             reduce_zero = fmt == "ade20k"

@@ -52,6 +52,7 @@ from torch.nn import functional as F
 from ..errors import UserError
 from ..progress import progress
 from . import PROTOCOLS, EvalContext, Protocol
+from ._common import recipe_choice
 from ._patches import dense_features, layer_spec, require_vit
 
 PROMPTS = ("interior", "max_overlap", "random")
@@ -59,13 +60,6 @@ UPSAMPLE = ("mask", "similarity")
 MIOU = ("per_class", "per_instance")
 THRESHOLD_MODES = ("dataset", "image")
 BACKGROUND = ("inter_only", "exclude", "category")
-
-
-def _choice(cfg: dict, key: str, valid: tuple[str, ...]) -> str:
-    value = cfg[key]
-    if value not in valid:
-        raise UserError(f"recipe key '{key}': {value!r} is not one of {', '.join(valid)}")
-    return value
 
 
 def token_index(coords: np.ndarray, size: int, tokens: int) -> np.ndarray:
@@ -260,7 +254,7 @@ class PromptSegmentation(Protocol):
         cfg = ctx.recipe
         for key, valid in (("prompt", PROMPTS), ("upsample", UPSAMPLE), ("miou", MIOU),
                            ("threshold_mode", THRESHOLD_MODES), ("background", BACKGROUND)):
-            _choice(cfg, key, valid)
+            recipe_choice(cfg, key, valid)
         backbone = ctx.checkpoint.backbone.to(ctx.device).eval()
         require_vit(backbone, "prompt_seg")
         layer = layer_spec(cfg["layer"], backbone.depth)

@@ -25,11 +25,10 @@ from torch.utils.data import RandomSampler
 
 from ..data.loading import make_loader
 from ..errors import UserError
-from ..progress import log, progress
-from ..schedules import lr_factor
+from ..progress import log
 from ..seeding import seed_everything
 from . import PROTOCOLS, EvalContext, Protocol
-from ._common import records_for
+from ._common import recipe_choice, records_for
 
 BACKENDS = ("default", "mmseg")
 
@@ -114,33 +113,13 @@ def build_backend(backbone, num_classes: int, recipe: dict):
 
 
 def train_segmentation(backend, backbone, dataset, recipe: dict, device: torch.device) -> list[float]:
-    """Iteration-based training; returns the loss of every iteration."""
-    from ._dense.common import build_adamw, check_finite, set_lr
-    from ._finetuning import layer_decay_groups
+    """Iteration-based training on seeded random batches; returns the loss of every iteration."""
+    from ._dense.common import train_iterations
 
-    optim, sched = recipe["optim"], recipe["schedule"]
-    iters = int(sched["iters"])
-    groups = layer_decay_groups(backbone.model, weight_decay=float(optim["weight_decay"]),
-                                layer_decay=float(optim["layer_decay"]), heads=backend.heads())
-    optimizer = build_adamw(groups, optim)
-    batches = infinite_batches(dataset, int(recipe["batch_size"]), int(recipe["seed"]), int(recipe["num_workers"]))
-    backend.train(True)
-    losses = []
-    bar = progress(range(iters), desc=f"train upernet ({backend.name})", unit="it")
-    for it in bar:
-        set_lr(optimizer, float(optim["lr"]), lr_factor(it, sched, iters))
-        images, labels = next(batches)
-        images, labels = images.to(device), labels.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(recipe["bf16"])):
-            loss = backend.loss(images, labels)
-        check_finite(loss, it, "segmentation training")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    backend.train(False)
-    return losses
+    batches = ((images.to(device), labels.to(device)) for images, labels in
+               infinite_batches(dataset, int(recipe["batch_size"]), int(recipe["seed"]), int(recipe["num_workers"])))
+    return train_iterations(backend, backbone, batches, recipe, device, what="segmentation training",
+                            desc=f"train upernet ({backend.name})")
 
 
 @PROTOCOLS.register("segmentation")
@@ -150,17 +129,15 @@ class Segmentation(Protocol):
     name = "segmentation"
 
     def run(self, ctx: EvalContext) -> list[dict]:
-        from ._dense.common import set_drop_path, trainable_backbone
+        from ._dense.common import trainable_backbone
         from ._dense.transforms import SegTestTransform, SegTrainTransform
 
         recipe = ctx.recipe
-        if recipe["backend"] not in BACKENDS:
-            raise UserError(f"recipe key 'backend': {recipe['backend']!r}; valid: {', '.join(BACKENDS)}")
+        recipe_choice(recipe, "backend", BACKENDS)
         seed_everything(int(recipe["seed"]))
         name, train, val = open_ade20k(ctx.data, recipe, SegTrainTransform(recipe["train_pipeline"], int(recipe["seed"])),
                                        SegTestTransform(recipe["test"]))
-        backbone = trainable_backbone(ctx.checkpoint)
-        set_drop_path(backbone, float(recipe["model"]["drop_path"]))
+        backbone = trainable_backbone(ctx.checkpoint, float(recipe["model"]["drop_path"]))
         backend = build_backend(backbone, train.num_classes, recipe)
         if hasattr(backend, "to"):
             backend.to(ctx.device)

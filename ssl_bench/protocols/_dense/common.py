@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Iterator
 
 import torch
 from torch import nn
 
 from ...errors import UserError
+from ...progress import progress
+from ...schedules import lr_factor
+from .._finetuning import layer_decay_groups
 
 #: ImageNet statistics (mmseg/mmdet data preprocessors, detectron2 ``constants.imagenet_rgb256_*``).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -25,12 +29,14 @@ class LayerNorm2d(nn.LayerNorm):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-def trainable_backbone(checkpoint) -> "object":
-    """A private, trainable copy of the checkpoint's backbone (the loaded one stays untouched)."""
+def trainable_backbone(checkpoint, drop_path: float = 0.0) -> "object":
+    """A private, trainable copy of the checkpoint's backbone (the loaded one stays untouched), with
+    stochastic depth ``drop_path`` (``set_drop_path``)."""
     backbone = copy.deepcopy(checkpoint.backbone)
     backbone.train()
     for p in backbone.parameters():
         p.requires_grad_(True)
+    set_drop_path(backbone, drop_path)
     return backbone
 
 
@@ -71,8 +77,30 @@ def check_finite(loss: torch.Tensor, it: int, what: str) -> None:
                         "or raise 'schedule.warmup_iters'")
 
 
-def choice(recipe: dict, key: str, valid: tuple[str, ...]) -> str:
-    value = recipe.get(key)
-    if value not in valid:
-        raise UserError(f"recipe key '{key}': {value!r}; valid: {', '.join(valid)}")
-    return value
+def train_iterations(backend, backbone, batches: Iterator, recipe: dict, device: torch.device, *, desc: str,
+                     what: str) -> list[float]:
+    """Iteration-based training of a dense model (its ``backend``: ``heads()``, ``train(mode)``,
+    ``loss(inputs, targets)``): the recipe's optimiser over layer-decay groups of the backbone and
+    the heads, its lr schedule per iteration, bf16 autocast; ``batches`` yields (inputs, targets) on
+    ``device``. Returns the loss of every iteration."""
+    optim, sched = recipe["optim"], recipe["schedule"]
+    iters = int(sched["iters"])
+    groups = layer_decay_groups(backbone.model, weight_decay=float(optim["weight_decay"]),
+                                layer_decay=float(optim["layer_decay"]), heads=backend.heads())
+    optimizer = build_adamw(groups, optim)
+    backend.train(True)
+    losses = []
+    bar = progress(range(iters), desc=desc, unit="it")
+    for it in bar:
+        set_lr(optimizer, float(optim["lr"]), lr_factor(it, sched, iters))
+        inputs, targets = next(batches)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(recipe["bf16"])):
+            loss = backend.loss(inputs, targets)
+        check_finite(loss.detach(), it, what)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    backend.train(False)
+    return losses
