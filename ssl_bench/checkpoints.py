@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from timm.models.vision_transformer import checkpoint_filter_fn
 
 from .atomic import atomic_write, atomic_write_json, sha256_file
 from .backbones import Backbone
@@ -182,8 +184,6 @@ def _random_backbone(arch: str) -> Checkpoint:
 
 
 def _timm_pretrained(name: str) -> Checkpoint:
-    import timm
-
     try:
         model = timm.create_model(name, pretrained=True, num_classes=0)
     except Exception as err:  # noqa: BLE001 - timm raises many kinds when the hub is unreachable
@@ -201,7 +201,6 @@ def _foreign(arch: str, path: str) -> Checkpoint:
     state = load_foreign_state_dict(Path(path))
     backbone = Backbone(arch)
     if backbone.is_vit:  # timm's own converter resamples position embeddings to this model
-        from timm.models.vision_transformer import checkpoint_filter_fn
 
         state = checkpoint_filter_fn(state, backbone.model)
     missing, unexpected = backbone.model.load_state_dict(state, strict=False)

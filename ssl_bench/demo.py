@@ -21,9 +21,17 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from .checkpoints import weights_sha256
+from .data.embedded import prepare_if_needed
+from .engine import pretrain
 from .errors import NotApplicable, UserError
+from .evaluate import evaluate, resolve_protocol_recipe
+from .leaderboard import write_leaderboard
+from .methods import METHODS
 from .progress import log
+from .protocols import PROTOCOLS
 from .recipes import recipe_layers
 from .results import iter_evaluations
 
@@ -48,9 +56,6 @@ def _tiny_recipe(folder: Path, name: str) -> Path | None:
 
 def protocol_recipes(folder: Path) -> dict[str, Path | None]:
     """``protocols/demo.yaml``: the protocols the demo runs -> their recipe files."""
-    import yaml
-
-    from .protocols import PROTOCOLS
 
     index = folder / "demo.yaml"
     if not index.is_file():
@@ -106,12 +111,6 @@ class Demo:
         return result
 
     def run(self) -> int:
-        from .data.embedded import prepare_if_needed
-        from .engine import pretrain
-        from .evaluate import evaluate, resolve_protocol_recipe
-        from .leaderboard import write_leaderboard
-        from .methods import METHODS
-
         lay = self.layout
         methods = [m for m in METHODS.names() if _tiny_recipe(lay.project / "pretrain", m)]
         protocols = protocol_recipes(lay.project / "protocols")

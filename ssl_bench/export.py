@@ -42,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+from .checkpoints import load_spec
 from .errors import UserError
 
 FORMATS = ("detectron2", "mmdet", "mmseg")
@@ -247,8 +248,6 @@ def mmseg_config(backbone, weights: str) -> str:
 
 def export(checkpoint: str, fmt: str, out: Path, *, layout: str = "c4") -> dict:
     """Write the weights, the configs and ``export.json`` into ``out``; returns the manifest."""
-    from .checkpoints import load_spec
-
     ckpt = load_spec(checkpoint)
     backbone = ckpt.backbone
     if not backbone.is_vit and not backbone.arch.startswith("resnet50"):

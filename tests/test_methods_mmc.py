@@ -12,9 +12,9 @@ from test_methods_siameseim import tiny_recipe, torchrun_steps
 
 from ssl_bench.engine import resolve_recipe
 from ssl_bench.engine.recipe import build_method
-from ssl_bench.seeding import seeded
 from ssl_bench.methods.mmc import (cls_info_nce, gmml_block_mask, patch_info_nce, patchify,
                                    reconstruction_loss, replace_from_other_images)
+from ssl_bench.seeding import seeded
 
 
 def _np_normalize(x):

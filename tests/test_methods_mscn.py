@@ -14,10 +14,9 @@ from test_methods_siameseim import tiny_recipe, torchrun_steps
 
 from ssl_bench.engine import resolve_recipe
 from ssl_bench.engine.recipe import build_method
-from ssl_bench.seeding import seeded
 from ssl_bench.methods._siamese import byol_regression, nt_xent
 from ssl_bench.methods.mscn import focal_mask, grid_mask, mask_rendering, mscn_mask
-
+from ssl_bench.seeding import seeded
 
 # ----- masks ------------------------------------------------------------------------------------
 CFG = {"grid_size": 8, "mask_ratio": 0.15, "focal_p": 0.2, "focal_scale": [0.05, 0.3], "channel_p": 0.7,

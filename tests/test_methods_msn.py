@@ -12,10 +12,10 @@ from PIL import Image
 
 from ssl_bench.engine import resolve_recipe
 from ssl_bench.engine.step import Schedules, build_optimizer
-from ssl_bench.schedules import momentum_at
-from ssl_bench.seeding import seeded
 from ssl_bench.methods._masks import patch_drop_keep
 from ssl_bench.methods.msn import MSN, MSNTransform, msn_loss, sinkhorn
+from ssl_bench.schedules import momentum_at
+from ssl_bench.seeding import seeded
 
 
 def _recipe(tmp_path, **msn):

@@ -18,10 +18,9 @@ from test_engine import make_images, torchrun_rank_weights
 
 from ssl_bench.engine import resolve_recipe
 from ssl_bench.engine.recipe import build_method
-from ssl_bench.seeding import seeded
 from ssl_bench.methods._masks import blockwise_mask
-from ssl_bench.methods.siameseim import (grid_sincos, relative_embedding, relative_positions,
-                                         unigrad_loss)
+from ssl_bench.methods.siameseim import grid_sincos, relative_embedding, relative_positions, unigrad_loss
+from ssl_bench.seeding import seeded
 
 GRID = (4, 4)
 

@@ -208,8 +208,8 @@ def test_evaluation_is_mmseg_iou_on_fixed_predictions(ade_root):
     preds = [torch.where(torch.from_numpy(rng.random(l.shape) < 0.3), torch.from_numpy(rng.integers(0, 5, l.shape)),
                          l.clamp(0, 4)) for l in labels]
     # fixed predictions replace the model: its logits are one-hot of the prediction
-    import ssl_bench.protocols.segmentation as seg
     import ssl_bench.protocols._dense.upernet as up
+    import ssl_bench.protocols.segmentation as seg
 
     def fixed(predict, dataset, num_classes, test_cfg, desc=""):
         yield from zip(preds, labels)

@@ -77,6 +77,21 @@ def test_evaluation_does_not_import_the_engine():
             assert not engine, f"{module} imports {engine}"
 
 
+def test_only_the_cli_imports_package_modules_lazily():
+    lazy = sorted({module for module, edges in GRAPH.items() for _, nested in edges if nested} - {"ssl_bench.cli"})
+    assert not lazy, f"imports of the package's own modules inside functions (only cli.py may): {lazy}"
+
+
+def test_package_imports_are_relative():
+    def absolute(node) -> bool:
+        if isinstance(node, ast.ImportFrom):
+            return node.level == 0 and (node.module or "").split(".")[0] == "ssl_bench"
+        return isinstance(node, ast.Import) and any(a.name.split(".")[0] == "ssl_bench" for a in node.names)
+
+    found = [module for module, path in MODULES.items() if any(absolute(n) for n in ast.walk(ast.parse(path.read_text())))]
+    assert not found, f"absolute imports of ssl_bench in {found}"
+
+
 def test_no_import_cycles():
     state: dict[str, str] = {}
 

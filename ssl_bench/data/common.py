@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from ssl_bench.errors import UserError
+from ..errors import UserError
 
 #: File name of the manifest at the root of a tree written by ``ssl-bench data prepare``.
 MANIFEST_NAME = "ssl-bench-data.json"

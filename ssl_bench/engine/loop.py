@@ -23,8 +23,7 @@ from ..recipes import dump
 from ..seeding import seed_everything
 from .data import EpochOrder, SeededViews, epoch_loader, to_device, training_images
 from .recipe import build_method, resolve_recipe
-from .state import (STATE_JSON, load_state, read_state_json, recipe_digest, rng_state, save_state,
-                    truncate_log)
+from .state import STATE_JSON, load_state, read_state_json, recipe_digest, rng_state, save_state, truncate_log
 from .step import Schedules, TrainingDiverged, TrainStep, build_optimizer
 
 LOG_FILE = "train_log.jsonl"

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from timm.optim import Lars
 
 from ..distributed import is_distributed
 from ..errors import UserError
@@ -67,8 +68,6 @@ def build_optimizer(method: Method, recipe: dict) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"],
                                  weight_decay=o["weight_decay"])
     if o["name"] == "lars":
-        from timm.optim import Lars
-
         return Lars(groups, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
                     trust_coeff=o["trust_coeff"], eps=o["eps"])
     raise UserError(f"optim.name: unknown optimiser {o['name']!r}; valid: adamw, lars")

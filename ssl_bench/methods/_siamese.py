@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.distributed.nn.functional import all_gather
 from torch.nn import functional as F
 
 from ..distributed import is_distributed, rank_and_world
@@ -28,7 +29,6 @@ def gather_with_grad(x: Tensor) -> Tensor:
     (SimCLR's cross-replica negatives)."""
     if not is_distributed():
         return x
-    from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(x.contiguous()))
 

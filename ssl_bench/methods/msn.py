@@ -23,8 +23,8 @@ from torch.nn import functional as F
 from ..backbones import Backbone
 from ..distributed import is_distributed
 from . import METHODS, Method
-from ._mlp import mlp, trunc_normal_init
 from ._masks import patch_drop_keep
+from ._mlp import mlp, trunc_normal_init
 from ._views import colour_distortion, crop_view, load_rgb, to_tensor
 
 

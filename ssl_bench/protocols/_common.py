@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data import ImageFolderDataset, dataset_name, resolve
 from ..errors import UserError
 
 
@@ -24,15 +25,11 @@ class ClassificationData:
 
 def open_split(root: Path, split: str, transform):
     """One split (``root/split/<class>/*``) through the data package's ImageFolder loader."""
-    from ..data import ImageFolderDataset
-
     return ImageFolderDataset(Path(root) / split, transform)
 
 
 def open_classification(ctx, recipe: dict, val_transform, train_transform=None) -> ClassificationData:
     """The recipe's dataset (``dataset`` key, default imagenet) under ``ctx.data``."""
-    from ..data import dataset_name, resolve
-
     fmt = recipe.get("dataset", "imagenet")
     root = resolve(Path(ctx.data), fmt)
     name = dataset_name(Path(ctx.data), fmt)

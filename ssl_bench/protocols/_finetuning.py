@@ -28,8 +28,11 @@ import copy
 
 import timm
 import torch
-from timm.optim import param_groups_layer_decay
 import torch.distributed as dist
+from PIL import Image, ImageOps
+from timm.data import Mixup, auto_augment, create_transform
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import param_groups_layer_decay
 from torch import nn
 
 from ..backbones import arch_family, timm_kwargs
@@ -40,9 +43,9 @@ from ..filters import build_filter
 from ..progress import log, progress
 from ..schedules import warmup_cosine
 from . import EvalContext, Protocol
+from ._classifiers import save_classifier
 from ._common import ClassificationData, open_classification, percent, records_for, topk_hits
 from ._features import autocast, eval_transform, feature_spec, train_transform
-from ._classifiers import save_classifier
 
 
 # ----- the classifier ----------------------------------------------------------------------
@@ -149,9 +152,6 @@ def _patch_posterize_zero_bits() -> None:
     """timm's RandAugment ('inc1' increasing levels) asks PIL to keep 0 bits at magnitude 10; Pillow >= 11
     refuses (``bits must be between or equal to 1 and 8``) where older Pillow returned a black image. Map
     0 bits back to that result so MAE's ``rand-m9-mstd0.5-inc1`` runs on this stack as it did for MAE."""
-    from PIL import Image, ImageOps
-    from timm.data import auto_augment
-
     try:
         ImageOps.posterize(Image.new("RGB", (1, 1)), 0)
         return  # this Pillow still accepts 0 bits
@@ -175,7 +175,6 @@ def finetune_train_transform(recipe: dict, input_filter: dict | None):
         return train_transform(tcfg, input_filter)
     if aug["kind"] != "timm":
         raise UserError(f"recipe key 'augment.kind': unknown '{aug['kind']}'; valid: simple, timm")
-    from timm.data import create_transform
 
     _patch_posterize_zero_bits()
     transform = create_transform(
@@ -191,16 +190,11 @@ def finetune_train_transform(recipe: dict, input_filter: dict | None):
 def _loss_and_mixup(recipe: dict, num_classes: int):
     aug = recipe["augment"]
     if aug["mixup"] > 0 or aug["cutmix"] > 0:
-        from timm.data import Mixup
-        from timm.loss import SoftTargetCrossEntropy
-
         mixup = Mixup(mixup_alpha=aug["mixup"], cutmix_alpha=aug["cutmix"], prob=aug["mixup_prob"],
                       switch_prob=aug["mixup_switch_prob"], mode=aug["mixup_mode"],
                       label_smoothing=aug["smoothing"], num_classes=num_classes)
         return SoftTargetCrossEntropy(), mixup
     if aug["smoothing"] > 0:
-        from timm.loss import LabelSmoothingCrossEntropy
-
         return LabelSmoothingCrossEntropy(smoothing=aug["smoothing"]), None
     return nn.CrossEntropyLoss(), None
 

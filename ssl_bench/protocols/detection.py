@@ -21,20 +21,25 @@ from pathlib import Path
 
 import torch
 
+from ..data.coco import CocoDetection, LvisDetection
+from ..data.resolve import dataset_name, is_format, resolve
 from ..errors import UserError
 from ..progress import log, progress
 from ..seeding import seed_everything
 from . import PROTOCOLS, EvalContext, Protocol
 from ._common import recipe_choice, records_for
+from ._dense.coco_eval import coco_evaluate, lvis_evaluate, to_results
+from ._dense.common import train_iterations, trainable_backbone
+from ._dense.maskrcnn import build_maskrcnn
+from ._dense.mm import MMDetBackend
+from ._dense.sampling import infinite_indices, repeat_factors
+from ._dense.transforms import LSJTransform
 
 BACKENDS = ("default", "mmdet")
 FORMATS = ("coco", "lvis")
 
 
 def open_instances(data: Path, fmt: str, recipe: dict, train_transform):
-    from ..data.coco import CocoDetection, LvisDetection
-    from ..data.resolve import dataset_name, is_format, resolve
-
     data = Path(data)
     if not is_format(data, fmt) and is_format(data / fmt, fmt):  # a parent of coco/ and lvis/ (detectron2 layout)
         data = data / fmt
@@ -71,8 +76,6 @@ class DefaultDetBackend:
     name = "default"
 
     def __init__(self, backbone, num_classes: int, recipe: dict, test_cfg: dict):
-        from ._dense.maskrcnn import build_maskrcnn
-
         self.model, self._heads = build_maskrcnn(backbone, num_classes, recipe["model"], test_cfg)
 
     def heads(self):
@@ -99,8 +102,6 @@ def build_backend(backbone, num_classes: int, recipe: dict, test_cfg: dict):
     if recipe["backend"] == "default":
         return DefaultDetBackend(backbone, num_classes, recipe, test_cfg)
     if recipe["backend"] == "mmdet":
-        from ._dense.mm import MMDetBackend
-
         return MMDetBackend(backbone, num_classes, recipe, test_cfg)
     raise UserError(f"recipe key 'backend': {recipe['backend']!r}; valid: {', '.join(BACKENDS)}")
 
@@ -115,9 +116,6 @@ def test_settings(recipe: dict, fmt: str) -> dict:
 
 def train_detector(backend, backbone, dataset, recipe: dict, device: torch.device, *, lvis: bool) -> list[float]:
     """Iteration-based training on images drawn in a seeded order (LVIS: with repeat factors)."""
-    from ._dense.common import train_iterations
-    from ._dense.sampling import infinite_indices, repeat_factors
-
     generator = torch.Generator().manual_seed(int(recipe["seed"]))
     factors = None
     if lvis and float(recipe["lvis"]["repeat_thresh"]) > 0:
@@ -138,8 +136,6 @@ def train_detector(backend, backbone, dataset, recipe: dict, device: torch.devic
 @torch.no_grad()
 def detect(backend, dataset, device: torch.device, desc: str) -> list[dict]:
     """COCO-format results of every image of ``dataset``."""
-    from ._dense.coco_eval import to_results
-
     results = []
     for i in progress(range(len(dataset)), desc=desc, unit="img"):
         image, target = dataset[i]
@@ -155,10 +151,6 @@ class Detection(Protocol):
     name = "detection"
 
     def run(self, ctx: EvalContext) -> list[dict]:
-        from ._dense.coco_eval import coco_evaluate, lvis_evaluate
-        from ._dense.common import trainable_backbone
-        from ._dense.transforms import LSJTransform
-
         recipe = ctx.recipe
         recipe_choice(recipe, "backend", BACKENDS)
         formats = recipe["datasets"]

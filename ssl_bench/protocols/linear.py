@@ -40,6 +40,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.optim import Lars
 from torch import nn
 
 from ..data.loading import make_loader
@@ -48,9 +49,8 @@ from ..progress import log, progress
 from ..schedules import warmup_cosine
 from . import PROTOCOLS, EvalContext, Protocol
 from ._classifiers import save_classifier
-from ._common import open_classification, recipe_choice, records_for, topk_correct, topk_hits
-from ._features import (eval_transform, feature_spec, forward_features, split_features,
-                        train_transform)
+from ._common import open_classification, open_split, recipe_choice, records_for, topk_correct, topk_hits
+from ._features import eval_transform, feature_spec, forward_features, split_features, train_transform
 
 TRAIN_FEATURES = ("center", "augmented", "online")
 
@@ -158,8 +158,6 @@ def build_optimizer(grid: HeadGrid, lrs: list[float], optim: dict) -> torch.opti
             groups.append({"params": others, "lr": lr, "base_lr": lr, "weight_decay": wd_other,
                            "always_adapt": False})
     if name == "lars":
-        from timm.optim import Lars
-
         # MAE util/lars.py: trust coefficient 0.001, momentum 0.9, no adaptation of 1-D params
         return Lars(groups, lr=lrs[0], momentum=optim["momentum"], trust_coeff=optim["trust_coeff"])
     if name == "sgd":
@@ -310,8 +308,6 @@ class Linear(Protocol):
             n_train = len(train)
             epoch_batches = lambda epoch: _FeatureBatches(train.features, train.labels, bs, drop_last, generator)  # noqa: E731
         else:
-            from ._common import open_split
-
             augmented = open_split(data.root, recipe["train_split"], train_transform(tcfg, spec.input_filter))
             n_train = len(augmented)
             if mode == "online":

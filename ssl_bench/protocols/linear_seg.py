@@ -31,8 +31,11 @@ import torchvision.transforms.functional as TF
 from torch import nn
 from torch.nn import functional as F
 
+from ..data.ade20k import ADE20kSegmentation
+from ..data.coco import CocoDetection
+from ..data.resolve import dataset_name, resolve
 from ..errors import UserError
-from ..metrics.segmentation import IGNORE_INDEX, IoUAccumulator
+from ..metrics.segmentation import IGNORE_INDEX, IoUAccumulator, reduce_zero_label
 from ..progress import progress
 from ..schedules import lr_factor
 from . import PROTOCOLS, EvalContext, Protocol
@@ -45,8 +48,6 @@ class CocoSemantic(torch.utils.data.Dataset):
     """(image, label) with semantic labels derived from COCO instances (see the module docstring)."""
 
     def __init__(self, root: Path, split: str, reduce_zero_label: bool):
-        from ..data.coco import CocoDetection
-
         self.inner = CocoDetection.from_root(root, split)
         self.reduce_zero_label = reduce_zero_label
         self.num_classes = self.inner.num_classes + (0 if reduce_zero_label else 1)
@@ -66,15 +67,12 @@ class CocoSemantic(torch.utils.data.Dataset):
             if int(target["iscrowd"][k]) == 1:
                 label[masks[k]] = IGNORE_INDEX
         if self.reduce_zero_label:
-            from ..metrics.segmentation import reduce_zero_label
             label = reduce_zero_label(label)
         return image, torch.from_numpy(label)
 
 
 def open_split(root: Path, fmt: str, split: str, reduce_zero: bool):
     if fmt == "ade20k":
-        from ..data.ade20k import ADE20kSegmentation
-
         return ADE20kSegmentation(root, split, reduce_zero_label=reduce_zero)
     return CocoSemantic(root, split, reduce_zero)
 
@@ -137,8 +135,6 @@ class LinearSegmentation(Protocol):
     name = "linear_seg"
 
     def run(self, ctx: EvalContext) -> list[dict]:
-        from ..data.resolve import dataset_name, resolve
-
         cfg = ctx.recipe
         fmt = recipe_choice(cfg, "dataset", ("ade20k", "coco"))
         reduce_zero = cfg["reduce_zero_label"]

@@ -49,6 +49,8 @@ import torchvision.transforms.functional as TF
 from scipy.ndimage import distance_transform_edt
 from torch.nn import functional as F
 
+from ..data.coco import CocoDetection
+from ..data.resolve import dataset_name, resolve
 from ..errors import UserError
 from ..progress import progress
 from . import PROTOCOLS, EvalContext, Protocol
@@ -248,9 +250,6 @@ class PromptSegmentation(Protocol):
     name = "prompt_seg"
 
     def run(self, ctx: EvalContext) -> list[dict]:
-        from ..data.coco import CocoDetection
-        from ..data.resolve import dataset_name, resolve
-
         cfg = ctx.recipe
         for key, valid in (("prompt", PROMPTS), ("upsample", UPSAMPLE), ("miou", MIOU),
                            ("threshold_mode", THRESHOLD_MODES), ("background", BACKGROUND)):

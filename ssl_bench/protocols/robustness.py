@@ -31,13 +31,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.imagefolder import ImageNetC, ImageNetVariant
 from ..data.loading import make_loader
+from ..data.resolve import dataset_name, resolve
 from ..errors import UserError
+from ..filters import normalise_filter
 from ..metrics.robustness import corruption_errors, mce, mean_errors
 from ..progress import log, progress
 from ..recipes import load_defaults, merge
 from . import PROTOCOLS, EvalContext, Protocol
 from ._classifiers import classifier_dir, list_classifiers, read_classifier
+from ._features import FeatureSpec, eval_transform, split_features
 from ._finetuning import build_classifier
 from .linear import Linear, LinearHead
 
@@ -46,8 +50,6 @@ VARIANTS = ("imagenet-a", "imagenet-r", "imagenet-sketch", "imagenet-c")
 
 def dataset_root(ctx: EvalContext, cfg: dict, fmt: str) -> Path:
     """The folder of ``fmt``: ``roots[fmt]`` (relative to --data) when given, else found under --data."""
-    from ..data.resolve import resolve
-
     given = cfg["roots"].get(fmt)
     return resolve(Path(ctx.data) / given if given else Path(ctx.data), fmt)
 
@@ -102,9 +104,6 @@ class _Scorer:
     """Logits of a dataset under the classifier (linear head on cached features, or a network)."""
 
     def __init__(self, ctx: EvalContext, cfg: dict, module, meta: dict):
-        from ..filters import normalise_filter
-        from ._features import FeatureSpec, eval_transform
-
         spec = meta["feature_spec"]
         self.spec = FeatureSpec(spec["feature"], bool(spec["final_norm"]),
                                 normalise_filter(spec.get("input_filter")))
@@ -117,8 +116,6 @@ class _Scorer:
     @torch.no_grad()
     def logits(self, dataset, desc: str) -> tuple[np.ndarray, np.ndarray]:
         """(N, classes) logits and (N,) labels (the dataset's own label indices)."""
-        from ._features import split_features
-
         if self.meta.get("kind") == "linear":
             feats = split_features(self.ctx, dataset, split=desc, spec=self.spec, transform_cfg=self.transform_cfg,
                                    recipe=self.cfg)
@@ -164,9 +161,6 @@ class Robustness(Protocol):
     name = "robustness"
 
     def run(self, ctx: EvalContext) -> list[dict]:
-        from ..data.imagefolder import ImageNetC, ImageNetVariant
-        from ..data.resolve import dataset_name
-
         cfg = ctx.recipe
         unknown = [d for d in cfg["datasets"] if d not in VARIANTS]
         if unknown or not cfg["datasets"]:

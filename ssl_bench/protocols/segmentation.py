@@ -23,20 +23,24 @@ from pathlib import Path
 import torch
 from torch.utils.data import RandomSampler
 
+from ..data.ade20k import ADE20kSegmentation
 from ..data.loading import make_loader
+from ..data.resolve import dataset_name, resolve
 from ..errors import UserError
+from ..metrics.segmentation import IoUAccumulator
 from ..progress import log
 from ..seeding import seed_everything
 from . import PROTOCOLS, EvalContext, Protocol
 from ._common import recipe_choice, records_for
+from ._dense.common import train_iterations, trainable_backbone
+from ._dense.mm import MMSegBackend
+from ._dense.transforms import SegTestTransform, SegTrainTransform
+from ._dense.upernet import UperNet, predict_dataset, seg_loss
 
 BACKENDS = ("default", "mmseg")
 
 
 def open_ade20k(ctx_data: Path, recipe: dict, train_transform, test_transform):
-    from ..data.ade20k import ADE20kSegmentation
-    from ..data.resolve import dataset_name, resolve
-
     fmt = recipe["dataset"]
     root = resolve(Path(ctx_data), fmt)
     name = dataset_name(Path(ctx_data), fmt)
@@ -70,8 +74,6 @@ class DefaultSegBackend:
     name = "default"
 
     def __init__(self, backbone, num_classes: int, recipe: dict):
-        from ._dense.upernet import UperNet
-
         self.model = UperNet(backbone, num_classes, recipe["model"])
         self.aux_weight = float(recipe["model"]["aux_weight"])
         self.num_classes = num_classes
@@ -83,8 +85,6 @@ class DefaultSegBackend:
         self.model.train(mode)
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        from ._dense.upernet import seg_loss
-
         out, aux = self.model(images)
         loss = seg_loss(out, labels)
         if aux is not None:
@@ -92,9 +92,6 @@ class DefaultSegBackend:
         return loss
 
     def evaluate(self, dataset, recipe: dict) -> dict:
-        from ._dense.upernet import predict_dataset
-        from ..metrics.segmentation import IoUAccumulator
-
         acc = IoUAccumulator(self.num_classes)  # labels arrive reduced by the dataset
         for pred, label in predict_dataset(self.model.logits, dataset, self.num_classes, recipe["test"]):
             acc.update(pred.numpy(), label.numpy())
@@ -106,16 +103,12 @@ def build_backend(backbone, num_classes: int, recipe: dict):
     if backend == "default":
         return DefaultSegBackend(backbone, num_classes, recipe)
     if backend == "mmseg":
-        from ._dense.mm import MMSegBackend
-
         return MMSegBackend(backbone, num_classes, recipe)
     raise UserError(f"recipe key 'backend': {backend!r}; valid: {', '.join(BACKENDS)}")
 
 
 def train_segmentation(backend, backbone, dataset, recipe: dict, device: torch.device) -> list[float]:
     """Iteration-based training on seeded random batches; returns the loss of every iteration."""
-    from ._dense.common import train_iterations
-
     batches = ((images.to(device), labels.to(device)) for images, labels in
                infinite_batches(dataset, int(recipe["batch_size"]), int(recipe["seed"]), int(recipe["num_workers"])))
     return train_iterations(backend, backbone, batches, recipe, device, what="segmentation training",
@@ -129,9 +122,6 @@ class Segmentation(Protocol):
     name = "segmentation"
 
     def run(self, ctx: EvalContext) -> list[dict]:
-        from ._dense.common import trainable_backbone
-        from ._dense.transforms import SegTestTransform, SegTrainTransform
-
         recipe = ctx.recipe
         recipe_choice(recipe, "backend", BACKENDS)
         seed_everything(int(recipe["seed"]))

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import yaml
 
-from ssl_bench.data.common import MANIFEST_NAME, PROFILE_DIR, default_workers, profile_names, read_manifest, write_json
-from ssl_bench.data.embedded import classification, detection, robustness, segmentation, video
-from ssl_bench.data.embedded.context import Context, set_context
-from ssl_bench.data.embedded.sources import backgrounds_record, load_backgrounds, load_fashion_mnist
-from ssl_bench.data.resolve import EMBEDDED_NAMES, FORMATS
-from ssl_bench.errors import UserError
-from ssl_bench.recipes import deep_update
-from ssl_bench.progress import log
+from ...errors import UserError
+from ...progress import log
+from ...recipes import deep_update
+from ..check import VALIDATORS
+from ..common import MANIFEST_NAME, PROFILE_DIR, default_workers, profile_names, read_manifest, write_json
+from ..resolve import EMBEDDED_NAMES, FORMATS
+from . import classification, detection, robustness, segmentation, video
+from .context import Context, set_context
+from .sources import backgrounds_record, load_backgrounds, load_fashion_mnist
 
 #: Bump when the generator's output changes for the same profile and seed.
 GENERATOR_VERSION = "1"
@@ -126,7 +127,6 @@ def prepare(root: str | Path, profile: str = "tiny", seed: int | None = None, wo
     }
     write_json(root / MANIFEST_NAME, manifest)
     if check:
-        from ssl_bench.data.check import VALIDATORS
         bad = []
         for fmt in FORMATS:
             bad.extend(VALIDATORS[fmt](root / sets[fmt]["subfolder"]))

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from ...data.lvis_compat import import_lvis
+
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 LVIS_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 
@@ -98,8 +100,6 @@ def coco_evaluate(ann_file: str | Path, results: list[dict], iou_types=("bbox", 
 def lvis_evaluate(ann_file: str | Path, results: list[dict], iou_types=("bbox", "segm"),
                   max_dets: int = 300) -> dict[str, float]:
     """{'bbox/AP': ..., 'segm/APr': ...} x 100 through the lvis package (federated evaluation)."""
-    from ...data.lvis_compat import import_lvis
-
     lvis = import_lvis()
     with _quiet():
         gt = lvis.LVIS(str(ann_file))

@@ -7,6 +7,7 @@ import math
 from typing import Iterator
 
 import torch
+from timm.layers import DropPath
 from torch import nn
 
 from ...errors import UserError
@@ -44,7 +45,6 @@ def set_drop_path(backbone, rate: float) -> None:
     """Stochastic depth with the linear rule (rate_i = rate * i / (depth - 1)) on a timm ViT."""
     if not rate or not backbone.is_vit:
         return
-    from timm.layers import DropPath
 
     blocks = backbone.model.blocks
     for i, block in enumerate(blocks):

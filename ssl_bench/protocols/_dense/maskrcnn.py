@@ -42,7 +42,6 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from ...errors import UserError
 from .common import IMAGENET_MEAN, IMAGENET_STD, LayerNorm2d
 
-
 # ----------------------------------------------------------------------------------- ViTDet backbone
 
 def window_partition(x: torch.Tensor, size: int):

@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import UserError
+from ...progress import progress
 from .common import IMAGENET_MEAN, IMAGENET_STD, LayerNorm2d
+from .maskrcnn import ResNetFPNBackbone, ViTDetBackbone
 
 #: live backbones by key: the configs stay plain data while the modules carry our trained weights
 _LIVE: dict[str, nn.Module] = {}
@@ -216,8 +218,6 @@ class MMSegBackend:
         return self.model.predict(image[None], samples)[0].pred_sem_seg.data[0].cpu()
 
     def evaluate(self, dataset, recipe: dict) -> dict:
-        from ...progress import progress
-
         preds, labels = [], []
         device = next(self.model.parameters()).device
         for i in progress(range(len(dataset)), desc="segment (mmseg)", unit="img"):
@@ -306,7 +306,6 @@ class MMDetBackend:
         from mmengine.config import ConfigDict
         from mmengine.registry import init_default_scope
 
-        from .maskrcnn import ResNetFPNBackbone, ViTDetBackbone
 
         init_default_scope("mmdet")
         register_all()

@@ -51,7 +51,7 @@ def photometric_distortion(image: torch.Tensor, rng: random.Random, *, brightnes
     """mmseg ``PhotoMetricDistortion`` on a [0, 1] image (its arithmetic is on the 0-255 scale):
     each step with probability 0.5, contrast before or after the HSV steps at random, values
     clipped to [0, 255] after each step; hue in OpenCV's 0-180 units."""
-    from skimage.color import hsv2rgb, rgb2hsv
+    from skimage.color import hsv2rgb, rgb2hsv  # heavy: only the photometric distortion needs it
 
     img = image.clamp(0, 1) * 255.0
 

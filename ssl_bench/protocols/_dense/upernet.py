@@ -66,7 +66,7 @@ class UperNet(nn.Module):
 
     def __init__(self, backbone, num_classes: int, cfg: dict):
         super().__init__()
-        from segmentation_models_pytorch.decoders.upernet.decoder import UPerNetDecoder
+        from segmentation_models_pytorch.decoders.upernet.decoder import UPerNetDecoder  # heavy: UperNet only
 
         self.backbone = backbone
         if backbone.is_vit:
