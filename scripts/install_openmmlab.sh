@@ -4,7 +4,7 @@
 #
 # Usage: scripts/install_openmmlab.sh [PYTHON]     (default: .venv/bin/python)
 #
-# Why a source build (shared/environment.md): mmseg 1.2.2 and mmdet 3.3.0 accept only
+# Why a source build: mmseg 1.2.2 and mmdet 3.3.0 accept only
 # mmcv >= 2.0.0rc4, < 2.2.0; full mmcv 2.x (with the compiled ops mmseg/mmdet import) exists
 # only as a source release, and mmcv-lite lacks mmcv._ext. Two build conditions:
 #   1. --no-build-isolation in an environment holding torch and setuptools<81 (mmcv's

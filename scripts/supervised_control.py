@@ -23,7 +23,8 @@ from torchvision import datasets, transforms
 
 from ssl_bench.backbones import Backbone
 from ssl_bench.checkpoints import DEFAULT_EVAL, save_checkpoint
-from ssl_bench.engine import image_folder_root
+from ssl_bench.data.loading import make_loader
+from ssl_bench.engine.data import image_folder_root
 from ssl_bench.progress import log, progress
 
 # ImageNet mean/std, as every protocol recipe normalises.
@@ -55,8 +56,8 @@ def main(argv=None) -> int:
     augment = transforms.Compose([transforms.RandomResizedCrop(args.img_size), transforms.RandomHorizontalFlip(),
                                   transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
     train = datasets.ImageFolder(image_folder_root(args.data, "train"), augment)
-    loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=1, generator=torch.Generator().manual_seed(args.seed))
+    loader = make_loader(train, args.batch_size, shuffle=True, drop_last=True, workers=1,
+                         generator=torch.Generator().manual_seed(args.seed))
     backbone = Backbone(args.arch, img_size=args.img_size)
     head = torch.nn.Linear(backbone.embed_dim, len(train.classes))
     params = list(backbone.parameters()) + list(head.parameters())

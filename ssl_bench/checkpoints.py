@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from timm.models.vision_transformer import checkpoint_filter_fn
 
 from .atomic import atomic_write, atomic_write_json, sha256_file
 from .backbones import Backbone
@@ -177,13 +179,11 @@ def _random_backbone(arch: str) -> Checkpoint:
     backbone = Backbone(arch)
     meta = {"method": "random", "arch": arch, "encoder": "random-init", "label": f"random:{arch}",
             "img_size": _img_size(backbone), "patch_size": backbone.patch_size,
-            "eval": dict(DEFAULT_EVAL), "weights": {"sha256": f"random:{arch}:seed0"}}
+            "eval": dict(DEFAULT_EVAL), "weights": {"sha256": weights_sha256(f"random:{arch}")}}
     return Checkpoint(backbone.eval(), meta)
 
 
 def _timm_pretrained(name: str) -> Checkpoint:
-    import timm
-
     try:
         model = timm.create_model(name, pretrained=True, num_classes=0)
     except Exception as err:  # noqa: BLE001 - timm raises many kinds when the hub is unreachable
@@ -193,7 +193,7 @@ def _timm_pretrained(name: str) -> Checkpoint:
     backbone.model.load_state_dict(model.state_dict())
     meta = {"method": "timm", "arch": name, "encoder": "timm-pretrained", "label": f"timm:{name}",
             "img_size": _img_size(backbone), "patch_size": backbone.patch_size,
-            "eval": dict(DEFAULT_EVAL), "weights": {"sha256": f"timm:{name}"}}
+            "eval": dict(DEFAULT_EVAL), "weights": {"sha256": weights_sha256(f"timm:{name}")}}
     return Checkpoint(backbone.eval(), meta)
 
 
@@ -201,7 +201,6 @@ def _foreign(arch: str, path: str) -> Checkpoint:
     state = load_foreign_state_dict(Path(path))
     backbone = Backbone(arch)
     if backbone.is_vit:  # timm's own converter resamples position embeddings to this model
-        from timm.models.vision_transformer import checkpoint_filter_fn
 
         state = checkpoint_filter_fn(state, backbone.model)
     missing, unexpected = backbone.model.load_state_dict(state, strict=False)
@@ -214,6 +213,23 @@ def _foreign(arch: str, path: str) -> Checkpoint:
             "foreign": {"path": str(path), "missing_keys": sorted(missing),
                         "unexpected_keys": sorted(unexpected)}}
     return Checkpoint(backbone.eval(), meta)
+
+
+def weights_sha256(spec: str) -> str:
+    """What a SPEC's results are stored under (``Checkpoint.sha256``), without building the model:
+    the sha256 of our weights file (as recorded in the sidecar, verified) or of a foreign file,
+    or the name of the weights (``random:ARCH:seed0``, ``timm:NAME``)."""
+    kind, sep, rest = spec.partition(":")
+    if sep and kind == "random":
+        return f"random:{rest}:seed0"
+    if sep and kind == "timm":
+        return f"timm:{rest}"
+    if sep and kind == "foreign":
+        path = Path(rest.partition(":")[2])
+        if not path.is_file():
+            raise UserError(f"{path}: checkpoint file not found")
+        return sha256_file(path)
+    return read_metadata(Path(spec))["weights"]["sha256"]
 
 
 def load_spec(spec: str) -> Checkpoint:

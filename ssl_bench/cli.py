@@ -1,26 +1,79 @@
-"""The ``ssl-bench`` command line."""
+"""The ``ssl-bench`` command line: one table of commands, each with its arguments and its runner.
+
+A command adds its arguments to the parser only when it is the one named, and its runner imports
+what it runs only when called; this module imports nothing heavy itself. So ``ssl-bench
+--version`` loads no torch, and ``ssl-bench eval`` loads the evaluation and the one protocol it
+runs, not the data generator, the exporter or the leaderboard (``ssl-bench bench startup``
+measures it). The imports inside the functions below are that mechanism, and the one place in
+the package where its own modules are imported lazily.
+
+Multi-process pretraining or fine-tuning: ``torchrun --nproc_per_node N -m ssl_bench.cli COMMAND ...``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from . import __version__
 from .errors import UserError
 from .progress import set_quiet
 
+SET_HELP = "override a recipe key, e.g. --set optim.lr=0.001 (repeatable)"
+DEVICE_HELP = "auto (CUDA if available), cpu or cuda[:N]"
+CHECKPOINT_HELP = "a checkpoint folder/file of ours, random:ARCH, timm:NAME or foreign:ARCH:PATH"
 
-def _cmd_pretrain(args: argparse.Namespace) -> int:
+
+@dataclass(frozen=True)
+class Command:
+    """One ``ssl-bench NAME``: its one-line help, a function adding its arguments to its parser
+    (given the rest of the command line) and the runner ``run(args) -> exit code`` (None for a
+    group of sub-commands, whose parsers set their own)."""
+
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser, list[str]], None]
+    run: Callable[[argparse.Namespace], int] | None
+
+
+def _named(argv: list[str], names) -> str | None:
+    """The first word of ``argv`` that is not an option, if it is one of ``names``."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if word in names else None
+
+
+# ----- pretrain ------------------------------------------------------------------------------------
+def _pretrain_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    p.add_argument("--recipe", type=Path, required=True, help="recipe YAML, e.g. pretrain/msn_tiny.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    p.add_argument("--out", type=Path, required=True, help="run folder (resumed if it holds a run)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
     from .engine import pretrain
 
-    checkpoint = pretrain(args.recipe, args.set, args.out, device=args.device)
-    print(checkpoint)
+    print(pretrain(args.recipe, args.set, args.out, device=args.device))
     return 0
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
+# ----- eval ----------------------------------------------------------------------------------------
+def _eval_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    p.add_argument("--protocol", required=True, help="protocol name, e.g. knn")
+    p.add_argument("--checkpoint", required=True, metavar="SPEC", help=CHECKPOINT_HELP)
+    p.add_argument("--data", type=Path, required=True, help="dataset root or embedded data tree")
+    p.add_argument("--recipe", type=Path, help="protocol recipe YAML (default: package defaults)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    p.add_argument("--results", type=Path, default=Path("results"), help="results store folder")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object last")
+
+
+def _eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
     records, path = evaluate(args.protocol, args.checkpoint, args.data, recipe=args.recipe,
@@ -35,7 +88,31 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_leaderboard(args: argparse.Namespace) -> int:
+# ----- leaderboard ---------------------------------------------------------------------------------
+def _leaderboard_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    p.add_argument("--results", type=Path, default=Path("results"), help="results store folder")
+    p.add_argument("--format", default="md",
+                   help="md, csv (long form), tex, html (page with figures), png (figures: OUT.png "
+                        "overview + OUT.<protocol>.png) or all (every format; --out is a stem)")
+    p.add_argument("--out", type=Path, help="output file (default: stdout; required for png and all)")
+    p.add_argument("--reported", nargs="?", const=True, default=None, metavar="CSV",
+                   help="add the papers' published numbers as rows marked (reported); "
+                        "default CSV: leaderboards/reported.csv")
+    p.add_argument("--all-reported", action="store_true",
+                   help="with --reported: every reported row, not only the measured protocols'")
+    p.add_argument("--baseline", metavar="ROW",
+                   help="add 'Improve w.r.t. ROW' rows (a row label, checkpoint label or method)")
+    p.add_argument("--target", action="append", default=[], metavar="ROW",
+                   help="rows compared with --baseline (repeatable; default: every measured row)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
+                   help="bootstrap resamples for confidence intervals (default 1000; 0: none)")
+    p.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--digits", type=int, default=1, help="decimals shown (default 1)")
+    p.add_argument("--title", default="ssl-bench leaderboard", help="page and figure title")
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
     from .leaderboard import FILE_FORMATS, TEXT_FORMATS, build_table, write
     from .results import load_results
 
@@ -61,104 +138,163 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import Demo, DemoLayout
-
-    layout = DemoLayout(data=args.data, runs=args.runs, results=args.results,
-                        leaderboard=args.leaderboard, profile=args.profile)
-    return Demo(layout).run()
+# ----- data ----------------------------------------------------------------------------------------
+#: ``data check`` prints at most this many problems per format, then a count of the rest.
+MAX_PRINTED = 200
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    return args.bench_run(args)
+def _data_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    from .data.common import profile_names
+    from .data.resolve import FORMATS
+
+    p.description = "Prepare the embedded benchmark data, or validate a dataset on disk."
+    sub = p.add_subparsers(dest="data_command", metavar="{prepare,check}", required=True)
+    pp = sub.add_parser("prepare", help="generate the embedded data (every format) under --root",
+                        description="Generate the embedded benchmark data: real Fashion-MNIST objects on real "
+                                    "skimage.data photos, written in the ImageNet, COCO, LVIS, ADE20k, DAVIS and "
+                                    "ImageNet-A/R/Sketch/C layouts, with a manifest (ssl-bench-data.json).")
+    pp.add_argument("--root", required=True, type=Path, help="output folder (new, empty, or made by prepare)")
+    pp.add_argument("--profile", default="demo", choices=profile_names(),
+                    help="tiny: tens of images per set, for tests; demo: ~10k training images (default)")
+    pp.add_argument("--seed", type=int, default=None, help="random seed (default: the profile's, 0)")
+    pp.add_argument("--workers", type=int, default=None, help="generator processes (default: all cores)")
+    pp.set_defaults(run=_data_prepare)
+    pc = sub.add_parser("check", help="validate a dataset folder; one problem per line",
+                        description="Validate a dataset in its real on-disk layout (or a set of a prepared tree). "
+                                    "Prints one problem per line (file, and line or JSON path) and exits 1 if "
+                                    "any, else prints one OK line and exits 0.")
+    pc.add_argument("--root", required=True, type=Path, help="the dataset folder, or a prepared tree")
+    pc.add_argument("--format", required=True, choices=[*FORMATS, "all"],
+                    help="dataset format; 'all' checks every set listed in the manifest of a prepared tree")
+    pc.set_defaults(run=_data_check)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ssl-bench", description=(
-        "Pretrain masked siamese SSL methods and evaluate any backbone on the standard protocols."))
-    parser.add_argument("--version", action="version", version=f"ssl-bench {__version__}")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _data_prepare(args: argparse.Namespace) -> int:
+    from .data.embedded import prepare
 
-    set_help = "override a recipe key, e.g. --set optim.lr=0.001 (repeatable)"
-    device_help = "auto (CUDA if available), cpu or cuda[:N]"
+    manifest = prepare(args.root, profile=args.profile, seed=args.seed, workers=args.workers)
+    sets = manifest["sets"]
+    print(f"prepared {len(sets)} sets in {args.root} (profile {manifest['profile']}, seed {manifest['seed']}): "
+          + ", ".join(f"{fmt} -> {entry['subfolder']}" for fmt, entry in sets.items()))
+    return 0
 
-    p = sub.add_parser("pretrain", help="pretrain a method from a recipe and write checkpoints")
-    p.add_argument("--recipe", type=Path, required=True, help="recipe YAML, e.g. pretrain/msn_tiny.yaml")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
-    p.add_argument("--out", type=Path, required=True, help="run folder (resumed if it holds a run)")
-    p.add_argument("--device", default="auto", help=device_help)
-    p.set_defaults(func=_cmd_pretrain)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint with one protocol")
-    p.add_argument("--protocol", required=True, help="protocol name, e.g. knn")
-    p.add_argument("--checkpoint", required=True, metavar="SPEC",
-                   help="a checkpoint folder/file of ours, random:ARCH, timm:NAME or foreign:ARCH:PATH")
-    p.add_argument("--data", type=Path, required=True, help="dataset root or embedded data tree")
-    p.add_argument("--recipe", type=Path, help="protocol recipe YAML (default: package defaults)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
-    p.add_argument("--results", type=Path, default=Path("results"), help="results store folder")
-    p.add_argument("--device", default="auto", help=device_help)
-    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object last")
-    p.set_defaults(func=_cmd_eval)
+def _data_check(args: argparse.Namespace) -> int:
+    from .data.check import check, manifest_formats
 
-    p = sub.add_parser("leaderboard", help="comparison tables and figures from the results store")
-    p.add_argument("--results", type=Path, default=Path("results"), help="results store folder")
-    p.add_argument("--format", default="md",
-                   help="md, csv (long form), tex, html (page with figures), png (figures: OUT.png "
-                        "overview + OUT.<protocol>.png) or all (every format; --out is a stem)")
-    p.add_argument("--out", type=Path, help="output file (default: stdout; required for png and all)")
-    p.add_argument("--reported", nargs="?", const=True, default=None, metavar="CSV",
-                   help="add the papers' published numbers as rows marked (reported); "
-                        "default CSV: leaderboards/reported.csv")
-    p.add_argument("--all-reported", action="store_true",
-                   help="with --reported: every reported row, not only the measured protocols'")
-    p.add_argument("--baseline", metavar="ROW",
-                   help="add 'Improve w.r.t. ROW' rows (a row label, checkpoint label or method)")
-    p.add_argument("--target", action="append", default=[], metavar="ROW",
-                   help="rows compared with --baseline (repeatable; default: every measured row)")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
-                   help="bootstrap resamples for confidence intervals (default 1000; 0: none)")
-    p.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.add_argument("--digits", type=int, default=1, help="decimals shown (default 1)")
-    p.add_argument("--title", default="ssl-bench leaderboard", help="page and figure title")
-    p.set_defaults(func=_cmd_leaderboard)
+    formats = manifest_formats(args.root) if args.format == "all" else [args.format]
+    total = 0
+    summary = []
+    for fmt in formats:
+        folder, problems = check(args.root, fmt)
+        for line in problems[:MAX_PRINTED]:
+            print(line)
+        if len(problems) > MAX_PRINTED:
+            print(f"{folder}: ... and {len(problems) - MAX_PRINTED} more {fmt} problems")
+        total += len(problems)
+        summary.append(f"{fmt} ({folder})")
+    if total:
+        print(f"{total} problem{'s' if total != 1 else ''} found", file=sys.stderr)
+        return 1
+    print(f"OK: {', '.join(summary)}")
+    return 0
 
-    from .data.cli import add_data_parser
 
-    add_data_parser(sub)
+# ----- export --------------------------------------------------------------------------------------
+def _export_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    from .export import FORMATS
 
-    from .export import add_export_parser
+    p.add_argument("--format", required=True, choices=FORMATS, help="target project")
+    p.add_argument("--checkpoint", required=True, metavar="SPEC", help=CHECKPOINT_HELP)
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--resnet-layout", default="c4", choices=("c4", "fpn"),
+                   help="detectron2 ResNet layout: c4 (res5 in roi_heads, MoCo) or fpn (backbone.bottom_up)")
 
-    add_export_parser(sub)
 
-    p = sub.add_parser("demo", help="the main job: embedded data, pretrain all methods, evaluate, leaderboard")
+def _export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    manifest = export(args.checkpoint, args.format, args.out, layout=args.resnet_layout)
+    print(f"export\t{manifest['format']}\t{len(manifest['key_map'])} weights\t{len(manifest['dropped'])} dropped\t"
+          f"{Path(args.out) / manifest['files']['weights']}")
+    for key, name in manifest["files"].items():
+        if key.startswith("config_"):
+            print(f"config\t{key[7:]}\t{Path(args.out) / name}")
+    return 0
+
+
+# ----- demo ----------------------------------------------------------------------------------------
+def _demo_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
     p.add_argument("--profile", default="demo", help="embedded data profile: demo or tiny")
     p.add_argument("--data", type=Path, default=Path("sb-data"), help="embedded data folder")
     p.add_argument("--runs", type=Path, default=Path("runs/embedded"), help="pretraining runs folder")
     p.add_argument("--results", type=Path, default=Path("results/embedded"), help="results store")
     p.add_argument("--leaderboard", type=Path, default=Path("leaderboards/embedded"),
                    help="output stem of the leaderboard files")
-    p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("bench", help="measure speed (figures and ratios from one run)")
-    bench_sub = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
-    from .benchmarks import benchmark_modules
 
-    for name, module in benchmark_modules().items():
-        bp = bench_sub.add_parser(name, help=module.DESCRIPTION)
-        module.add_arguments(bp)
-        bp.set_defaults(func=_cmd_bench, bench_run=module.run)
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import Demo, DemoLayout
+
+    return Demo(DemoLayout(data=args.data, runs=args.runs, results=args.results, leaderboard=args.leaderboard,
+                           profile=args.profile)).run()
+
+
+# ----- bench ---------------------------------------------------------------------------------------
+def _bench_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    """One sub-command per module of ``ssl_bench.benchmarks``; only the one named is imported."""
+    from .benchmarks import benchmark_module, benchmark_names
+
+    names = benchmark_names()
+    named = _named(rest, names)
+    sub = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name in names:
+        if named in (None, name):
+            module = benchmark_module(name)
+            bench = sub.add_parser(name, help=module.DESCRIPTION, description=module.__doc__)
+            module.add_arguments(bench)
+            bench.set_defaults(run=module.run)
+        else:
+            sub.add_parser(name)
+
+
+COMMANDS = {c.name: c for c in (
+    Command("pretrain", "pretrain a method from a recipe and write checkpoints", _pretrain_arguments, _pretrain),
+    Command("eval", "evaluate a checkpoint with one protocol", _eval_arguments, _eval),
+    Command("leaderboard", "comparison tables and figures from the results store", _leaderboard_arguments,
+            _leaderboard),
+    Command("data", "prepare the embedded data; check datasets on disk", _data_arguments, None),
+    Command("export", "write a backbone in detectron2 / mmdet / mmseg layout plus a config", _export_arguments,
+            _export),
+    Command("demo", "the main job: embedded data, pretrain all methods, evaluate, leaderboard", _demo_arguments,
+            _demo),
+    Command("bench", "measure speed (figures and ratios from one run)", _bench_arguments, None),
+)}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The parser of ``ssl-bench``, with the arguments of the command ``argv`` names (if any)."""
+    parser = argparse.ArgumentParser(prog="ssl-bench", description=(
+        "Pretrain masked siamese SSL methods and evaluate any backbone on the standard protocols."))
+    parser.add_argument("--version", action="version", version=f"ssl-bench {__version__}")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    named = _named(argv, COMMANDS)
+    for command in COMMANDS.values():
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        if command.name == named:
+            command.arguments(p, argv[argv.index(named) + 1:])
+            if command.run is not None:
+                p.set_defaults(run=command.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     set_quiet(args.quiet)
     try:
-        return args.func(args)
+        return args.run(args)
     except UserError as err:
         message = " ".join(str(err).split())
         print(f"ssl-bench: error: {message}", file=sys.stderr)

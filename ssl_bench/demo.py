@@ -14,15 +14,26 @@ results store is skipped. A failing step is reported and the others still run.
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoints import load_spec
+import yaml
+
+from .checkpoints import weights_sha256
+from .data.embedded import prepare_if_needed
+from .engine import pretrain
 from .errors import NotApplicable, UserError
+from .evaluate import evaluate, resolve_protocol_recipe
+from .leaderboard import write_leaderboard
+from .methods import METHODS
 from .progress import log
+from .protocols import PROTOCOLS
 from .recipes import recipe_layers
+from .results import iter_evaluations
 
 
 @dataclass
@@ -45,9 +56,6 @@ def _tiny_recipe(folder: Path, name: str) -> Path | None:
 
 def protocol_recipes(folder: Path) -> dict[str, Path | None]:
     """``protocols/demo.yaml``: the protocols the demo runs -> their recipe files."""
-    import yaml
-
-    from .protocols import PROTOCOLS
 
     index = folder / "demo.yaml"
     if not index.is_file():
@@ -63,17 +71,18 @@ def protocol_recipes(folder: Path) -> dict[str, Path | None]:
     return recipes
 
 
-def _stored(results: Path, sha256: str, protocol: str, recipe: dict) -> bool:
-    """Whether the store already holds this exact evaluation."""
-    from .results import iter_evaluations
+def evaluation_key(protocol: str, sha256: str, recipe: dict) -> tuple[str, str, str]:
+    """What makes two evaluations the same: protocol, checkpoint hash and the resolved recipe."""
+    return protocol, sha256, json.dumps(recipe, sort_keys=True)
 
-    if not (results / protocol).is_dir():
-        return False
-    for _, payload in iter_evaluations(results):
-        if (payload.get("protocol") == protocol and payload.get("recipe") == recipe
-                and payload.get("checkpoint", {}).get("sha256") == sha256):
-            return True
-    return False
+
+def stored_evaluations(results: Path) -> set[tuple[str, str, str]]:
+    """The ``evaluation_key`` of every evaluation in the store, read once."""
+    if not results.is_dir():
+        return set()
+    return {evaluation_key(payload.get("protocol"), payload.get("checkpoint", {}).get("sha256"),
+                           payload.get("recipe"))
+            for _, payload in iter_evaluations(results)}
 
 
 class Demo:
@@ -102,12 +111,6 @@ class Demo:
         return result
 
     def run(self) -> int:
-        from .data.embedded import prepare_if_needed
-        from .engine import pretrain
-        from .evaluate import evaluate, resolve_protocol_recipe
-        from .leaderboard import write_leaderboard
-        from .methods import METHODS
-
         lay = self.layout
         methods = [m for m in METHODS.names() if _tiny_recipe(lay.project / "pretrain", m)]
         protocols = protocol_recipes(lay.project / "protocols")
@@ -124,6 +127,8 @@ class Demo:
                          lambda r=recipe, o=out: pretrain(r, [f"data.root={lay.data}"], o)):
                 specs.append(str(out))
         specs += [f"random:{arch}" for arch in archs]
+        stored = stored_evaluations(lay.results)
+        sha256 = functools.cache(weights_sha256)  # each checkpoint file hashed once
 
         def write(formats=("md", "csv", "html", "png")):
             return write_leaderboard(lay.results, lay.leaderboard, formats)
@@ -137,11 +142,13 @@ class Demo:
             for spec in specs:
 
                 def evaluate_once(spec=spec, protocol=protocol, recipe=recipe):
-                    resolved = resolve_protocol_recipe(protocol, recipe)
-                    if _stored(lay.results, load_spec(spec).sha256, protocol, resolved):
+                    key = evaluation_key(protocol, sha256(spec), resolve_protocol_recipe(protocol, recipe))
+                    if key in stored:
                         log("  already in the results store: skipped")
                         return "stored"
-                    return evaluate(protocol, spec, lay.data, recipe=recipe, results_dir=lay.results)
+                    outcome = evaluate(protocol, spec, lay.data, recipe=recipe, results_dir=lay.results)
+                    stored.add(key)
+                    return outcome
 
                 outcome = self.step(f"evaluate {spec} with {protocol}", evaluate_once)
                 fresh = fresh or outcome not in (None, "stored")

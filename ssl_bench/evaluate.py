@@ -5,21 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from .checkpoints import load_spec
+from .distributed import is_main_process, pick_device
 from .errors import UserError
 from .protocols import PROTOCOLS, EvalContext
 from .recipes import load_defaults, resolve
 from .results import write_evaluation
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device here; use --device cpu")
-    return torch.device(name)
 
 
 def resolve_protocol_recipe(protocol: str, recipe: Path | None = None, sets=()) -> dict:
@@ -46,7 +37,7 @@ def evaluate(protocol: str, checkpoint: str, data: Path, *, recipe: Path | None 
     info = {"label": ckpt.label, "sha256": ckpt.sha256, "method": ckpt.meta.get("method"),
             "arch": ckpt.meta.get("arch"), "encoder": ckpt.meta.get("encoder"),
             "spec": checkpoint, "eval": ckpt.eval}
-    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+    if not is_main_process():
         return records, None  # under torchrun only rank 0 stores the (all-reduced) result
     path = write_evaluation(results_dir, protocol=protocol, checkpoint=info, recipe=resolved,
                             records=records, wall_time_s=wall)

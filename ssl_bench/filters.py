@@ -1,30 +1,28 @@
 """Input filters a checkpoint can require at evaluation time (``eval.input_filter``).
 
-MSCN (Jing et al., "Masked Siamese ConvNets", Section 4.3 and Appendix A.2) trains on
+MSCN (Jing et al., "Masked Siamese Convnets", Section 4.3 and Appendix A.2) trains on
 high-pass-filtered images and applies the same filter to the linear-probe train and test
-inputs. A checkpoint records it as ``eval: {input_filter: {name: highpass, sigma: 5}}``;
-protocols build the filter with ``build_filter(spec)`` and apply it after normalisation::
-
-    from ssl_bench.filters import build_filter
-    filt = build_filter(checkpoint.eval["input_filter"])   # None when the spec is None
-    x = filt(x) if filt else x                              # (C,H,W) or (B,C,H,W)
+inputs. ``methods/mscn.py`` filters its views with ``highpass`` and records the filter in the
+checkpoint as ``eval: {input_filter: {name: highpass, sigma: 5}}``; the protocols read that
+spec (or a recipe's ``input_filter`` override) through ``normalise_filter`` and append
+``build_filter(spec)`` to their transforms, after normalisation.
 
 The high-pass filter is ``x - GaussianBlur_sigma(x)`` per channel: a separable Gaussian
 kernel of size ``2 * ceil(3 sigma) + 1`` (+-3 sigma; clipped to what reflect padding allows
 on small images), reflect padding, i.e. torchvision's ``gaussian_blur`` subtracted from the
-input. Zero then means "no information", which MSCN's masks rely on.
+input. Zero then means "no information", which MSCN's masks rely on. Written here because
+torchvision has the blur but no high-pass.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 import torchvision.transforms.functional as TF
 from torch import Tensor, nn
 
-FILTERS = ("highpass",)
+from .errors import UserError
 
 
 def gaussian_kernel_size(sigma: float, height: int, width: int) -> int:
@@ -61,13 +59,24 @@ class HighPass(nn.Module):
         return f"HighPass(sigma={self.sigma})"
 
 
-def build_filter(spec: dict | None) -> Callable[[Tensor], Tensor] | None:
-    """The filter a checkpoint's ``eval.input_filter`` names, or None for no filter."""
-    if not spec:
+def normalise_filter(value, where: str = "recipe key 'input_filter'") -> dict | None:
+    """None / 'none' / {} -> None; 'highpass[:SIGMA]' or {'name': 'highpass', 'sigma': 5} -> the
+    checked spec ``{'name': 'highpass', 'sigma': float}``."""
+    if value in (None, "none", "None", {}) or (isinstance(value, dict) and value.get("name") in (None, "none")):
         return None
-    name = spec.get("name")
-    if name in (None, "none"):
-        return None
-    if name == "highpass":
-        return HighPass(spec.get("sigma", 5.0))
-    raise ValueError(f"unknown input filter {name!r}; valid: {', '.join(FILTERS)}")
+    if isinstance(value, str) and value.startswith("highpass"):
+        _, _, sigma = value.partition(":")
+        value = {"name": "highpass", "sigma": float(sigma or 5)}
+    if not isinstance(value, dict) or value.get("name") != "highpass":
+        raise UserError(f"{where}: unknown input filter {value!r}; valid: none, auto, "
+                        "{name: highpass, sigma: 5}")
+    sigma = value.get("sigma", 5)
+    if not isinstance(sigma, (int, float)) or sigma <= 0:
+        raise UserError(f"{where}: highpass sigma must be a positive number, got {sigma!r}")
+    return {"name": "highpass", "sigma": float(sigma)}
+
+
+def build_filter(spec: dict | None) -> HighPass | None:
+    """The filter a spec names (see ``normalise_filter``), or None for no filter."""
+    spec = normalise_filter(spec, "input filter")
+    return HighPass(spec["sigma"]) if spec else None

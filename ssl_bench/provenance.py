@@ -32,6 +32,7 @@ def code_version() -> dict:
 @functools.cache
 def library_versions() -> dict:
     """Versions of the libraries whose numerics a result depends on."""
+    # imported here: a leaderboard reads results without loading torch
     import numpy
     import timm
     import torch

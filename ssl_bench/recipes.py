@@ -122,15 +122,16 @@ def load_defaults(*names: str) -> dict:
     result: dict = {}
     for name in names:
         path = DEFAULTS_DIR / f"{name}.yaml"
-        result = _deep_update(result, read_yaml(path))
+        result = deep_update(result, read_yaml(path))
     return result
 
 
-def _deep_update(base: dict, override: dict) -> dict:
+def deep_update(base: dict, override: dict) -> dict:
+    """``base`` with ``override`` merged in, mapping by mapping (no key checks: defaults files)."""
     result = copy.deepcopy(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = _deep_update(result[key], value)
+            result[key] = deep_update(result[key], value)
         else:
             result[key] = copy.deepcopy(value)
     return result

@@ -1,13 +1,17 @@
 """Name -> implementation registries, filled by decorators in one module per entry.
 
-A method, protocol or benchmark is added by writing one module in its package that
-decorates its class (or module functions) with ``REGISTRY.register("name")``; the
-package is imported on first lookup, so nothing else has to change.
+``METHODS`` (``ssl_bench.methods``) and ``PROTOCOLS`` (``ssl_bench.protocols``) are registries:
+each entry is a class in the package's module of the same name, decorated with
+``REGISTRY.register("name")``. ``get(name)`` imports that one module (so ``ssl-bench eval
+--protocol knn`` loads the k-NN protocol and no other), and every public module of the package
+only when the name is not found there, as ``names()`` does. Which other files a new entry needs (defaults, recipes, a test) is listed in
+``docs/architecture.md``.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 from typing import Callable, Generic, TypeVar
 
@@ -42,12 +46,21 @@ class Registry(Generic[T]):
                 importlib.import_module(f"{self.package}.{module.name}")
         self._discovered = True
 
+    def _import_own_module(self, name: str) -> None:
+        """Import ``<package>.<name>``, the module an entry of that name lives in, if there is one."""
+        if name.isidentifier() and not name.startswith("_") \
+                and importlib.util.find_spec(f"{self.package}.{name}") is not None:
+            importlib.import_module(f"{self.package}.{name}")
+
     def names(self) -> list[str]:
         self._discover()
         return sorted(self._entries)
 
     def get(self, name: str) -> T:
-        self._discover()
+        if name not in self._entries:
+            self._import_own_module(name)
+        if name not in self._entries:
+            self._discover()  # an entry registered under another module's name
         if name not in self._entries:
             valid = ", ".join(self.names()) or "(none installed)"
             raise UserError(f"unknown {self.kind} '{name}'; valid {self.kind}s: {valid}")

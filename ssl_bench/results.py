@@ -41,14 +41,16 @@ import os
 import socket
 import uuid
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .atomic import atomic_write, atomic_write_json
-from .progress import progress
+from .progress import log, progress
 from .provenance import code_version, describe_machine, library_versions, machine, utc_now
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCHEMA = 1
 RECORD_COLUMNS = ["checkpoint", "method", "arch", "protocol", "dataset", "metric", "value",
@@ -175,7 +177,6 @@ def iter_evaluations(results_dir: Path):
         try:
             yield path, json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
-            from .progress import log
             log(f"warning: skipping unreadable result file {path} ({err})")
 
 
@@ -188,6 +189,8 @@ def recipe_key(recipe: dict | None) -> str:
 
 def load_results(results_dir: Path) -> pd.DataFrame:
     """All records under ``results_dir`` as one DataFrame (columns ``RECORD_COLUMNS``)."""
+    import pandas as pd  # heavy, and only the leaderboards read the store: not loaded by 'ssl-bench eval'
+
     rows = []
     for path, payload in iter_evaluations(results_dir):
         ckpt = payload.get("checkpoint", {})

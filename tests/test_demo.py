@@ -7,8 +7,7 @@ import torch
 import yaml
 from test_protocols_common import make_imagefolder
 
-import ssl_bench.data.embedded as embedded
-import ssl_bench.engine as engine
+import ssl_bench.demo as demo_module
 import ssl_bench.evaluate as evaluate_module
 from ssl_bench.backbones import Backbone
 from ssl_bench.checkpoints import save_checkpoint
@@ -44,9 +43,9 @@ def project(tmp_path, monkeypatch):
         calls["evaluate"] += 1
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "pretrain", fake_pretrain)
-    monkeypatch.setattr(evaluate_module, "evaluate", counting_evaluate)
-    monkeypatch.setattr(embedded, "prepare_if_needed",
+    monkeypatch.setattr(demo_module, "pretrain", fake_pretrain)
+    monkeypatch.setattr(demo_module, "evaluate", counting_evaluate)
+    monkeypatch.setattr(demo_module, "prepare_if_needed",
                         lambda root, profile: root.exists() or make_imagefolder(root))
     layout = DemoLayout(project=tmp_path, data=tmp_path / "data", runs=tmp_path / "runs",
                         results=tmp_path / "results", leaderboard=tmp_path / "leaderboards" / "embedded")
@@ -54,12 +53,10 @@ def project(tmp_path, monkeypatch):
 
 
 def test_second_run_reuses_every_evaluation(project, monkeypatch):
-    import ssl_bench.leaderboard as leaderboard
-
     layout, calls = project
     writes = []
-    real_write = leaderboard.write_leaderboard
-    monkeypatch.setattr(leaderboard, "write_leaderboard", lambda *a, **k: writes.append(a) or real_write(*a, **k))
+    real_write = demo_module.write_leaderboard
+    monkeypatch.setattr(demo_module, "write_leaderboard", lambda *a, **k: writes.append(a) or real_write(*a, **k))
     demo = Demo(layout)
     assert demo.run() == 0
     # one method checkpoint + the random baseline of its architecture, on the one protocol
@@ -79,15 +76,13 @@ def test_second_run_reuses_every_evaluation(project, monkeypatch):
 
 
 def test_tables_grow_per_protocol_and_the_page_is_drawn_at_the_end(project, monkeypatch):
-    import ssl_bench.leaderboard as leaderboard
-
     layout, _ = project
     (layout.project / "protocols" / "lowshot_small.yaml").write_text(
         yaml.safe_dump({"transform": {"resize": 36, "crop": 32}, "shots": [1], "splits": [1]}))
     (layout.project / "protocols" / "demo.yaml").write_text("knn: knn_small.yaml\nlowshot: lowshot_small.yaml\n")
     formats = []
-    real_write = leaderboard.write_leaderboard
-    monkeypatch.setattr(leaderboard, "write_leaderboard",
+    real_write = demo_module.write_leaderboard
+    monkeypatch.setattr(demo_module, "write_leaderboard",
                         lambda results, stem, fmts: formats.append(tuple(fmts)) or real_write(results, stem, fmts))
     assert Demo(layout).run() == 0
     assert formats == [("md", "csv"), ("md", "csv", "html", "png")]

@@ -1,9 +1,8 @@
-"""Engine tests: schedules, EMA, exact resume after SIGKILL, torchrun DDP, divergence, skip."""
+"""Engine tests: EMA, data order, optimisers, exact resume after SIGKILL, torchrun DDP, divergence, skip."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -16,7 +15,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from ssl_bench import engine
+from ssl_bench.engine import TrainingDiverged, pretrain, resolve_recipe
+from ssl_bench.engine.data import EpochOrder
+from ssl_bench.engine.recipe import build_method
+from ssl_bench.engine.step import build_optimizer, ema_update
 from ssl_bench.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +59,7 @@ def write_recipe(tmp_path: Path, data: Path, workers: int = 0, every: int = 5) -
 
 def run_engine(recipe: Path, out: Path, env_extra: dict | None = None, sets=()) -> subprocess.CompletedProcess:
     env = {**ENV, **(env_extra or {})}
-    cmd = [PY, "-m", "ssl_bench.engine", "--recipe", str(recipe), "--out", str(out), "--device", "cpu"]
+    cmd = [PY, "-m", "ssl_bench.cli", "pretrain", "--recipe", str(recipe), "--out", str(out), "--device", "cpu"]
     for s in sets:
         cmd += ["--set", s]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -68,35 +70,18 @@ def final_state(run: Path) -> dict[str, torch.Tensor]:
     return meta, load_file(str(run / meta["weights"]["file"]))
 
 
-# ----- schedules and EMA ------------------------------------------------------------------------
-def test_cosine_momentum_golden():
-    ema = {"schedule": "cosine", "start": 0.996, "end": 1.0, "ipe_scale": 1.0}
-    assert engine.momentum_at(0, ema, 1000) == pytest.approx(0.996)
-    assert engine.momentum_at(250, ema, 1000) == pytest.approx(1 - 0.002 * (1 + math.sqrt(0.5)))  # 0.99658579
-    assert engine.momentum_at(500, ema, 1000) == pytest.approx(0.998)
-    assert engine.momentum_at(1000, ema, 1000) == pytest.approx(1.0)
-
-
-def test_warmup_cosine_golden():
-    kw = {"base": 1.0, "final": 0.0, "warmup_steps": 10, "total_steps": 110, "start": 0.0}
-    assert engine.warmup_cosine(5, **kw) == pytest.approx(0.5)
-    assert engine.warmup_cosine(10, **kw) == pytest.approx(1.0)
-    assert engine.warmup_cosine(60, **kw) == pytest.approx(0.5)
-    assert engine.warmup_cosine(85, **kw) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.75)))
-    assert engine.warmup_cosine(200, **kw) == pytest.approx(0.0)  # clamped after the horizon
-
-
+# ----- one step and the data order -----------------------------------------------------------
 def test_ema_update_golden():
     online, teacher = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
     with torch.no_grad():
         online.weight.fill_(1.0), online.bias.fill_(-1.0), teacher.weight.fill_(3.0), teacher.bias.fill_(0.0)
-    engine.ema_update([(online, teacher)], 0.9)
+    ema_update([(online, teacher)], 0.9)
     assert torch.allclose(teacher.weight, torch.full((1, 2), 0.9 * 3 + 0.1 * 1))  # 2.8
     assert torch.allclose(teacher.bias, torch.full((1,), -0.1))
 
 
 def test_epoch_order_splits_ranks_and_resumes():
-    orders = [engine.EpochOrder(11, 2, 2, r, seed=3) for r in range(2)]
+    orders = [EpochOrder(11, 2, 2, r, seed=3) for r in range(2)]
     full = [orders[r].batches(epoch=1) for r in range(2)]
     assert orders[0].ipe == 2  # 11 // 2 ranks = 5 per rank, 2 whole batches of 2
     seen = [i for r in range(2) for b in full[r] for _, i in b]
@@ -106,12 +91,12 @@ def test_epoch_order_splits_ranks_and_resumes():
 
 
 def test_lars_optimizer_builds(tmp_path):
-    recipe = engine.resolve_recipe(write_recipe(tmp_path, tmp_path), ["optim.name=lars"])
-    method = engine.build_method(recipe)
-    opt = engine.build_optimizer(method, recipe)
+    recipe = resolve_recipe(write_recipe(tmp_path, tmp_path), ["optim.name=lars"])
+    method = build_method(recipe)
+    opt = build_optimizer(method, recipe)
     assert type(opt).__name__ == "Lars"
     with pytest.raises(UserError, match="valid: adamw, lars"):
-        engine.build_optimizer(method, engine.resolve_recipe(write_recipe(tmp_path, tmp_path), ["optim.name=sgdx"]))
+        build_optimizer(method, resolve_recipe(write_recipe(tmp_path, tmp_path), ["optim.name=sgdx"]))
 
 
 # ----- whole runs ------------------------------------------------------------------------------------
@@ -141,40 +126,47 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     assert {p.suffix for p in (tmp_path / "resumed").iterdir()} <= {".safetensors", ".json", ".yaml", ".jsonl"}
 
 
-def test_torchrun_two_ranks_hold_identical_weights(tmp_path):
-    data = make_images(tmp_path / "data", per_class=4)
-    recipe = write_recipe(tmp_path, data, workers=0, every=0)
-    env = ENV
-    torchrun = str(Path(PY).with_name("torchrun"))
-    out = tmp_path / "ddp"
-    # 8 images / 2 ranks / batch 2 -> 2 steps per epoch, 4 steps; a probe dumps each rank's weights
+def torchrun_rank_weights(tmp_path: Path, recipe: Path, out: Path, steps: int, *sets: str) -> tuple[dict, dict]:
+    """Pretrain ``recipe`` under torchrun with 2 CPU ranks; a probe around the engine's state
+    saving dumps each rank's parameters after ``steps`` steps. Returns (rank 0's, rank 1's)."""
     probe = tmp_path / "probe.py"
     probe.write_text(
-        "import sys, torch, torch.distributed as dist\n"
-        "from ssl_bench import engine\n"
-        "orig = engine._save\n"
+        "import sys, torch.distributed as dist\n"
+        "from ssl_bench.cli import main\n"
+        "from ssl_bench.engine import loop\n"
+        "orig = loop._save\n"
         "def _save(run, method, optimizer, step, epoch, recipe, world, main):\n"
         "    orig(run, method, optimizer, step, epoch, recipe, world, main)\n"
-        "    if step == 4:\n"
+        f"    if step == {steps}:\n"
         "        from safetensors.torch import save_file\n"
         "        sd = {k: v.detach().clone().contiguous() for k, v in method.named_parameters()}\n"
         f"        save_file(sd, r'{tmp_path}' + f'/rank{{dist.get_rank()}}.safetensors')\n"
-        "engine._save = _save\n"
-        "sys.exit(engine.main(sys.argv[1:]))\n")
-    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(probe),
-                           "--recipe", str(recipe), "--out", str(out), "--device", "cpu",
-                           "--set", "checkpoint.every_steps=2"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        "loop._save = _save\n"
+        "sys.exit(main(['pretrain', *sys.argv[1:]]))\n")
+    torchrun = str(Path(PY).with_name("torchrun"))
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", str(probe), "--recipe", str(recipe), "--out", str(out),
+           "--device", "cpu"]
+    for s in sets:
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+
+
+def test_torchrun_two_ranks_hold_identical_weights(tmp_path):
+    data = make_images(tmp_path / "data", per_class=4)
+    recipe = write_recipe(tmp_path, data, workers=0, every=0)
+    out = tmp_path / "ddp"
+    # 8 images / 2 ranks / batch 2 -> 2 steps per epoch, 4 steps
+    r0, r1 = torchrun_rank_weights(tmp_path, recipe, out, 4, "checkpoint.every_steps=2")
     # parameters of the online and target networks (BN running statistics are rank-local on CPU,
     # where SyncBatchNorm does not exist; DDP broadcasts rank 0's at each forward)
-    r0, r1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
     assert r0.keys() == r1.keys() and any(k.startswith("target_backbone.") for k in r0)
     for key in r0:
         assert torch.equal(r0[key], r1[key]), key
     meta = json.loads((out / "train_state.json").read_text())
     assert meta["step"] == 4 and meta["world_size"] == 2
-    init = engine.build_method(engine.resolve_recipe(recipe, []))
+    init = build_method(resolve_recipe(recipe, []))
     assert not torch.equal(init.state_dict()["prototypes"], r0["prototypes"])  # it did train
     assert (out / "checkpoint.json").is_file()
 
@@ -191,8 +183,8 @@ def test_non_finite_loss_stops_and_keeps_last_state(tmp_path, monkeypatch):
         return (value * float("nan"), logs) if self.step == 3 else (value, logs)
 
     monkeypatch.setattr(MSN, "loss", loss)
-    with pytest.raises(engine.TrainingDiverged, match=r"non-finite loss .* at step 3 .*step 2\) is intact"):
-        engine.pretrain(recipe, [], tmp_path / "run", device="cpu")
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss .* at step 3 .*step 2\) is intact"):
+        pretrain(recipe, [], tmp_path / "run", device="cpu")
     meta, state = final_state(tmp_path / "run")
     assert meta["step"] == 2 and all(torch.isfinite(v).all() for k, v in state.items() if v.is_floating_point())
 
@@ -200,14 +192,14 @@ def test_non_finite_loss_stops_and_keeps_last_state(tmp_path, monkeypatch):
 def test_finished_run_is_skipped_and_recipe_change_refused(tmp_path):
     data = make_images(tmp_path / "data", per_class=2)
     recipe = write_recipe(tmp_path, data, every=0)
-    sidecar = engine.pretrain(recipe, ["precision=bf16"], tmp_path / "run", device="cpu")
+    sidecar = pretrain(recipe, ["precision=bf16"], tmp_path / "run", device="cpu")
     meta = json.loads(Path(sidecar).read_text())
     assert meta["encoder"] == "target" and meta["eval"]["feature"] == "cls_prenorm" and meta["step"] == 4
     stamp = Path(sidecar).stat().st_mtime_ns
-    assert engine.pretrain(recipe, ["precision=bf16"], tmp_path / "run", device="cpu") == sidecar
+    assert pretrain(recipe, ["precision=bf16"], tmp_path / "run", device="cpu") == sidecar
     assert Path(sidecar).stat().st_mtime_ns == stamp
     with pytest.raises(UserError, match="different recipe .*optim.lr"):
-        engine.pretrain(recipe, ["precision=bf16", "optim.lr=0.1"], tmp_path / "run", device="cpu")
+        pretrain(recipe, ["precision=bf16", "optim.lr=0.1"], tmp_path / "run", device="cpu")
     from ssl_bench.checkpoints import load_spec
 
     assert load_spec(str(tmp_path / "run")).eval["feature"] == "cls_prenorm"
@@ -216,8 +208,8 @@ def test_finished_run_is_skipped_and_recipe_change_refused(tmp_path):
 def test_bad_inputs_are_user_errors(tmp_path):
     recipe = write_recipe(tmp_path, tmp_path / "missing")
     with pytest.raises(UserError, match="no such folder"):
-        engine.pretrain(recipe, [], tmp_path / "run", device="cpu")
+        pretrain(recipe, [], tmp_path / "run", device="cpu")
     with pytest.raises(UserError, match="unknown method 'nope'"):
-        engine.resolve_recipe(recipe, ["method=nope"])
+        resolve_recipe(recipe, ["method=nope"])
     with pytest.raises(UserError, match="unknown key 'msn.bogus'"):
-        engine.resolve_recipe(recipe, ["msn.bogus=1"])
+        resolve_recipe(recipe, ["msn.bogus=1"])

@@ -9,9 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from ssl_bench.engine import build_optimizer, momentum_at, resolve_recipe, seeded
+from ssl_bench.engine import resolve_recipe
+from ssl_bench.engine.step import build_optimizer
 from ssl_bench.methods._masks import grid_random_mask
 from ssl_bench.methods.conmim import ConMIM, ConMIMTransform, conmim_loss
+from ssl_bench.schedules import momentum_at
+from ssl_bench.seeding import seeded
 
 
 def _recipe(tmp_path, *sets):

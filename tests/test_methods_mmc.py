@@ -10,9 +10,11 @@ import pytest
 import torch
 from test_methods_siameseim import tiny_recipe, torchrun_steps
 
-from ssl_bench import engine
+from ssl_bench.engine import resolve_recipe
+from ssl_bench.engine.recipe import build_method
 from ssl_bench.methods.mmc import (cls_info_nce, gmml_block_mask, patch_info_nce, patchify,
                                    reconstruction_loss, replace_from_other_images)
+from ssl_bench.seeding import seeded
 
 
 def _np_normalize(x):
@@ -114,13 +116,13 @@ checkpoint: {{every_steps: 0, every_epochs: 1}}
 
 
 def test_transform_statistics_and_model_step(tmp_path):
-    recipe = engine.resolve_recipe(tiny_recipe(tmp_path, TINY), [])
-    method = engine.build_method(recipe)
+    recipe = resolve_recipe(tiny_recipe(tmp_path, TINY), [])
+    method = build_method(recipe)
     from PIL import Image
 
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8))
     transform = method.transform()
-    with engine.seeded(0):
+    with seeded(0):
         samples = [transform(img) for _ in range(200)]
     replace = torch.stack([s["replace"] for s in samples]).float().mean().item()
     assert abs(replace - 0.35) < 0.08  # paper Fig. 8: 35 % chance of masking with another image

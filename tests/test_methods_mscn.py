@@ -1,4 +1,5 @@
-"""MSCN: high-pass filter, grid / focal / channel mask statistics, both losses, model, torchrun."""
+"""MSCN: grid / focal / channel mask statistics, both losses, model, torchrun (the high-pass
+filter: test_filters.py)."""
 
 from __future__ import annotations
 
@@ -11,43 +12,11 @@ import pytest
 import torch
 from test_methods_siameseim import tiny_recipe, torchrun_steps
 
-from ssl_bench import engine
-from ssl_bench.filters import build_filter, gaussian_kernel_size, highpass
+from ssl_bench.engine import resolve_recipe
+from ssl_bench.engine.recipe import build_method
 from ssl_bench.methods._siamese import byol_regression, nt_xent
 from ssl_bench.methods.mscn import focal_mask, grid_mask, mask_rendering, mscn_mask
-
-
-# ----- high-pass filter ----------------------------------------------------------------------------
-def _np_highpass(x, sigma):
-    radius = math.ceil(3 * sigma)
-    taps = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma ** 2))
-    taps /= taps.sum()
-    out = np.empty_like(x)
-    for c in range(x.shape[0]):
-        padded = np.pad(x[c], radius, mode="reflect")  # edge not repeated (torch 'reflect')
-        rows = np.array([[padded[i:i + 2 * radius + 1, j] @ taps for j in range(padded.shape[1])]
-                         for i in range(x.shape[1])])
-        blurred = np.array([[rows[i, j:j + 2 * radius + 1] @ taps for j in range(x.shape[2])]
-                            for i in range(x.shape[1])])
-        out[c] = x[c] - blurred
-    return out
-
-
-def test_highpass_matches_numpy_gaussian():
-    x = np.random.default_rng(0).normal(size=(2, 20, 24))
-    got = highpass(torch.tensor(x, dtype=torch.float64), 2.0).numpy()
-    assert np.allclose(got, _np_highpass(x, 2.0), atol=1e-10)
-    assert gaussian_kernel_size(5, 224, 224) == 31  # +-3 sigma
-    batch = torch.tensor(np.stack([x, x]), dtype=torch.float64)
-    assert torch.allclose(highpass(batch, 2.0)[1], torch.tensor(got))
-
-
-def test_highpass_constant_image_is_zero_and_filter_spec():
-    x = torch.full((3, 40, 40), 0.7)
-    assert highpass(x, 5).abs().max() < 1e-6  # "zero means no information"
-    filt = build_filter({"name": "highpass", "sigma": 5})
-    assert torch.equal(filt(x), highpass(x, 5.0)) and build_filter(None) is None
-
+from ssl_bench.seeding import seeded
 
 # ----- masks ------------------------------------------------------------------------------------
 CFG = {"grid_size": 8, "mask_ratio": 0.15, "focal_p": 0.2, "focal_scale": [0.05, 0.3], "channel_p": 0.7,
@@ -141,12 +110,12 @@ checkpoint: {{every_steps: 0, every_epochs: 1}}
 
 @pytest.mark.parametrize("loss", ["simclr", "byol"])
 def test_model_step_and_export(tmp_path, loss):
-    recipe = engine.resolve_recipe(tiny_recipe(tmp_path, TINY.replace("{loss}", loss)), [])
-    method = engine.build_method(recipe)
+    recipe = resolve_recipe(tiny_recipe(tmp_path, TINY.replace("{loss}", loss)), [])
+    method = build_method(recipe)
     from PIL import Image
 
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8))
-    with engine.seeded(0):
+    with seeded(0):
         samples = [method.transform()(img) for _ in range(4)]
     batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
     assert batch["views"].shape == (4, 2, 2, 3, 32, 32)

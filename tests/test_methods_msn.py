@@ -10,9 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from ssl_bench.engine import Schedules, momentum_at, resolve_recipe, seeded
+from ssl_bench.engine import resolve_recipe
+from ssl_bench.engine.step import Schedules, build_optimizer
 from ssl_bench.methods._masks import patch_drop_keep
 from ssl_bench.methods.msn import MSN, MSNTransform, msn_loss, sinkhorn
+from ssl_bench.schedules import momentum_at
+from ssl_bench.seeding import seeded
 
 
 def _recipe(tmp_path, **msn):
@@ -180,8 +183,6 @@ def test_msn_lr_and_wd_schedules(tmp_path):
 
 
 def test_msn_param_groups_and_export(tmp_path):
-    from ssl_bench.engine import build_optimizer
-
     recipe = _recipe(tmp_path)
     method = MSN(recipe)
     opt = build_optimizer(method, recipe)

@@ -9,19 +9,18 @@ from __future__ import annotations
 import json
 import math
 import random
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
-from test_engine import ENV, PY, REPO, make_images
+from test_engine import make_images, torchrun_rank_weights
 
-from ssl_bench import engine
+from ssl_bench.engine import resolve_recipe
+from ssl_bench.engine.recipe import build_method
 from ssl_bench.methods._masks import blockwise_mask
-from ssl_bench.methods.siameseim import (grid_sincos, relative_embedding, relative_positions,
-                                         unigrad_loss)
+from ssl_bench.methods.siameseim import grid_sincos, relative_embedding, relative_positions, unigrad_loss
+from ssl_bench.seeding import seeded
 
 GRID = (4, 4)
 
@@ -182,8 +181,8 @@ def tiny_recipe(tmp_path: Path, text: str, per_class: int = 4) -> Path:
 
 
 def test_model_step_export_and_ema(tmp_path):
-    recipe = engine.resolve_recipe(tiny_recipe(tmp_path, TINY), [])
-    method = engine.build_method(recipe)
+    recipe = resolve_recipe(tiny_recipe(tmp_path, TINY), [])
+    method = build_method(recipe)
     vit = method.backbone.model
     assert isinstance(vit.norm, torch.nn.Identity)  # no final norm (official encoder)
     assert not vit.pos_embed.requires_grad and not vit.patch_embed.proj.weight.requires_grad
@@ -191,7 +190,7 @@ def test_model_step_export_and_ema(tmp_path):
     from PIL import Image
 
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8))
-    with engine.seeded(0):
+    with seeded(0):
         samples = [method.transform()(img) for _ in range(4)]
     batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
     assert batch["mask"].flatten(1).sum(1).tolist() == [2, 2, 2, 2]
@@ -210,27 +209,9 @@ def test_model_step_export_and_ema(tmp_path):
 
 
 def torchrun_steps(tmp_path: Path, recipe: Path, steps: int, prefixes: tuple[str, ...]) -> None:
-    """Run ``recipe`` under torchrun with 2 CPU ranks (engine test's probe pattern) and check
-    both ranks finish with identical parameters, online and teacher/target."""
-    probe = tmp_path / "probe.py"
-    probe.write_text(
-        "import sys, torch.distributed as dist\n"
-        "from ssl_bench import engine\n"
-        "orig = engine._save\n"
-        "def _save(run, method, optimizer, step, epoch, recipe, world, main):\n"
-        "    orig(run, method, optimizer, step, epoch, recipe, world, main)\n"
-        f"    if step == {steps}:\n"
-        "        from safetensors.torch import save_file\n"
-        "        sd = {k: v.detach().clone().contiguous() for k, v in method.named_parameters()}\n"
-        f"        save_file(sd, r'{tmp_path}' + f'/rank{{dist.get_rank()}}.safetensors')\n"
-        "engine._save = _save\n"
-        "sys.exit(engine.main(sys.argv[1:]))\n")
-    torchrun = str(Path(PY).with_name("torchrun"))
-    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(probe), "--recipe", str(recipe),
-                           "--out", str(tmp_path / "ddp"), "--device", "cpu"],
-                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r0, r1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+    """Run ``recipe`` under torchrun with 2 CPU ranks and check both ranks finish with identical
+    parameters, online and teacher/target."""
+    r0, r1 = torchrun_rank_weights(tmp_path, recipe, tmp_path / "ddp", steps)
     assert r0.keys() == r1.keys()
     for prefix in prefixes:
         assert any(k.startswith(prefix) for k in r0), prefix

@@ -16,8 +16,7 @@ from ssl_bench.checkpoints import load_spec
 from ssl_bench.errors import UserError
 from ssl_bench.protocols import EvalContext
 from ssl_bench.protocols import _features
-from ssl_bench.protocols._features import (FeatureSpec, HighPass, feature_spec, final_norm_as,
-                                           split_features)
+from ssl_bench.protocols._features import FeatureSpec, feature_spec, final_norm_as, split_features
 from ssl_bench.recipes import load_defaults
 
 COLOURS = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (220, 220, 40), (200, 40, 200), (40, 200, 200)]
@@ -139,22 +138,6 @@ def test_final_norm_is_restored_after_extraction():
     with final_norm_as(ckpt.backbone, False):
         assert isinstance(ckpt.backbone.model.norm, torch.nn.Identity)
     assert ckpt.backbone.model.norm is norm
-
-
-def test_highpass_is_input_minus_gaussian_blur():
-    x = torch.rand(1, 3, 40, 40)
-    sigma = 2.0
-    # independent blur: separable Gaussian with reflect padding, radius ceil(3 sigma)
-    r = 6
-    t = torch.arange(-r, r + 1, dtype=torch.float64)
-    g = torch.exp(-t ** 2 / (2 * sigma ** 2))
-    g = (g / g.sum()).float()
-    padded = torch.nn.functional.pad(x, (r, r, r, r), mode="reflect")
-    blur = torch.nn.functional.conv2d(padded, g.view(1, 1, 1, -1).repeat(3, 1, 1, 1), groups=3)
-    blur = torch.nn.functional.conv2d(blur, g.view(1, 1, -1, 1).repeat(3, 1, 1, 1), groups=3)
-    np.testing.assert_allclose(HighPass(sigma)(x).numpy(), (x - blur).numpy(), atol=1e-5)
-    # a constant image carries no information after the filter
-    assert HighPass(5)(torch.full((3, 64, 64), 0.7)).abs().max() < 1e-5
 
 
 def test_defaults_define_every_key_the_protocols_read():

@@ -14,14 +14,7 @@ from ssl_bench.evaluate import evaluate
 from ssl_bench.protocols.davis import neighborhood_mask, norm_mask, propagate, target_size
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machines two OpenMP threads spin against other
-    processes and small ops run tens of times slower (results do not depend on it)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_davis(root: Path, sequences=("cows",), frames=6, size=(112, 64), split="val") -> Path:

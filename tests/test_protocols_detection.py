@@ -17,10 +17,10 @@ from pycocotools.cocoeval import COCOeval
 
 from ssl_bench.backbones import Backbone
 from ssl_bench.data.coco import CocoDetection
-from ssl_bench.dense.coco_eval import coco_evaluate, lvis_evaluate, to_results
-from ssl_bench.dense.maskrcnn import SimpleFeaturePyramid, ViTDetNet, window_partition, window_unpartition
-from ssl_bench.dense.sampling import epoch_indices, repeat_factors
-from ssl_bench.dense.transforms import LSJTransform, masks_to_boxes
+from ssl_bench.protocols._dense.coco_eval import coco_evaluate, lvis_evaluate, to_results
+from ssl_bench.protocols._dense.maskrcnn import SimpleFeaturePyramid, ViTDetNet, window_partition, window_unpartition
+from ssl_bench.protocols._dense.sampling import epoch_indices, repeat_factors
+from ssl_bench.protocols._dense.transforms import LSJTransform, masks_to_boxes
 
 CATS = [{"id": 3, "name": "red"}, {"id": 7, "name": "green"}, {"id": 9, "name": "blue"}]
 COLORS = {3: (220, 40, 40), 7: (40, 200, 60), 9: (50, 60, 230)}
@@ -257,7 +257,7 @@ def test_protocol_end_to_end_on_coco_and_lvis(fixture_root, tmp_path):
 
 
 def test_resnet_c4_builds_and_trains_one_step(fixture_root):
-    from ssl_bench.dense.common import trainable_backbone
+    from ssl_bench.protocols._dense.common import trainable_backbone
     from ssl_bench.protocols.detection import DefaultDetBackend, test_settings
     from ssl_bench.recipes import load_defaults
 
@@ -281,7 +281,7 @@ def test_resnet_c4_builds_and_trains_one_step(fixture_root):
 @pytest.mark.parametrize("convnet_backbone, body", [("resnet_c4", "ResNetC4Backbone"),
                                                     ("resnet_fpn", "ResNetFPNBackbone")])
 def test_auto_backbone_follows_the_recipe_for_convnets_and_is_vitdet_for_vits(convnet_backbone, body):
-    from ssl_bench.dense.maskrcnn import build_maskrcnn
+    from ssl_bench.protocols._dense.maskrcnn import build_maskrcnn
     from ssl_bench.protocols.detection import test_settings
     from ssl_bench.recipes import load_defaults
 

@@ -11,8 +11,8 @@ from ssl_bench.checkpoints import load_spec
 from ssl_bench.data.imagefolder import ImageFolderDataset
 from ssl_bench.protocols._features import eval_transform
 from ssl_bench.protocols._finetuning import build_classifier, classifier_from_checkpoint
-from ssl_bench.protocols._heads import load_classifier
-from ssl_bench.protocols.finetune import FineTune, layer_decay_groups
+from ssl_bench.protocols.robustness import load_classifier
+from ssl_bench.protocols.finetune import FineTune, finetune_param_groups
 from ssl_bench.recipes import load_defaults
 
 
@@ -28,7 +28,10 @@ def _mae_layer_id(name: str, depth: int) -> int:
 def test_layer_decay_groups_follow_mae():
     model = build_classifier("vit_tiny_patch16_224", 5, global_pool="avg")
     depth = len(model.blocks)
-    groups = layer_decay_groups(model, lr=1e-3, min_lr=1e-6, weight_decay=0.05, layer_decay=0.65)
+    recipe = {"optim": {"blr": 5e-4, "weight_decay": 0.05, "layer_decay": 0.65}, "train_batch_size": 512,
+              "schedule": {"min_lr": 1e-6}}
+    groups, lr = finetune_param_groups(model, recipe)
+    assert lr == pytest.approx(1e-3)  # blr x batch / 256
     names = {id(p): n for n, p in model.named_parameters()}
     seen = set()
     for group in groups:

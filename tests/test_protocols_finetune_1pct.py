@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_protocols_common import context, make_imagefolder
 
-from ssl_bench.protocols._heads import load_classifier
+from ssl_bench.protocols.robustness import load_classifier
 from ssl_bench.protocols.finetune_1pct import FineTune1Pct
 
 

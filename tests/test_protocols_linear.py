@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from test_protocols_common import context, make_imagefolder
 
 from ssl_bench.protocols import _features
-from ssl_bench.protocols._heads import HeadGrid, LinearHead, load_linear_head
 from ssl_bench.protocols.knn import KNN
-from ssl_bench.protocols.linear import Linear, build_optimizer, set_lr
+from ssl_bench.protocols.linear import HeadGrid, Linear, LinearHead, build_optimizer, set_lr
+from ssl_bench.protocols.robustness import load_classifier
 
 
 @pytest.mark.parametrize("norm,l2", [("none", False), ("bn", False), ("layernorm", True), ("ln_bn", False)])
@@ -91,7 +91,7 @@ def test_linear_after_knn_reuses_features_and_saves_head(tmp_path):
     assert records["top1"]["value"] == max(g["top1_max"] for g in grid.values())
     assert records["top1"]["value"] >= records["top1_last"]["value"]
     # the saved head reproduces the reported top-1 on the cached val features
-    head, meta = load_linear_head(results, ckpt.sha256)
+    head, meta = load_classifier(results, ckpt.sha256)
     assert isinstance(head, LinearHead) and meta["variant"] == "mae" and meta["num_classes"] == 4
     val = _features.FeatureCache(results / "features")
     entries = [e for e in (results / "features").iterdir()]

@@ -4,21 +4,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from ssl_bench.evaluate import evaluate
-from ssl_bench.protocols.linear_seg import eval_size, lr_factor
+from ssl_bench.protocols.linear_seg import eval_size
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machines two OpenMP threads spin against other
-    processes and small ops run tens of times slower (results do not depend on it)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_ade(root: Path, n_train=8, n_val=3) -> Path:
@@ -45,13 +37,6 @@ def make_ade(root: Path, n_train=8, n_val=3) -> Path:
             Image.fromarray(img).save(ade / "images" / split / f"{prefix}_{i:08d}.jpg", quality=95)
             Image.fromarray(label).save(ade / "annotations" / split / f"{prefix}_{i:08d}.png")
     return root
-
-
-def test_warmup_then_poly():
-    assert lr_factor(0, 100, 10, 1.0, 1e-6) == pytest.approx(1e-6)
-    assert lr_factor(5, 100, 10, 1.0, 1e-6) == pytest.approx((1 - 0.05) * (1e-6 + (1 - 1e-6) * 0.5))
-    assert lr_factor(10, 100, 10, 1.0, 1e-6) == pytest.approx(0.9)
-    assert lr_factor(75, 100, 10, 2.0, 1e-6) == pytest.approx(0.25 ** 2)
 
 
 def test_test_size_keeps_aspect_on_patch_multiples():

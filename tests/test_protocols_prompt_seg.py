@@ -13,14 +13,7 @@ from ssl_bench.evaluate import evaluate
 from ssl_bench.protocols.prompt_seg import PromptScores, prompt_token, score_image, summarise, threshold_grid
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machines two OpenMP threads spin against other
-    processes and small ops run tens of times slower (results do not depend on it)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CFG = {"prompt": "interior", "upsample": "mask", "background": "inter_only", "min_fraction": 0.5}
 

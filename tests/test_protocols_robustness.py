@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from ssl_bench.evaluate import evaluate
@@ -13,14 +12,7 @@ from ssl_bench.protocols.robustness import accuracy_sliced, hits_sliced
 from ssl_bench.results import load_predictions, load_results
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machines two OpenMP threads spin against other
-    processes and small ops run tens of times slower (results do not depend on it)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CORRUPTIONS = ["gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from ssl_bench.backbones import Backbone
-from ssl_bench.dense.common import layer_decay_groups, lr_factor, poly_factor, warmup_factor
-from ssl_bench.dense.transforms import IGNORE, SegTrainTransform, normalize, rescale_size
-from ssl_bench.dense.upernet import UperNet, slide_inference
+from ssl_bench.protocols._dense.transforms import IGNORE, SegTrainTransform, normalize, rescale_size
+from ssl_bench.protocols._dense.upernet import UperNet, slide_inference
+from ssl_bench.protocols._finetuning import layer_decay_groups
 from ssl_bench.recipes import load_defaults
 
 
@@ -115,19 +115,11 @@ def test_train_transform_flip_and_crop_keep_pixels_aligned():
     assert torch.allclose(back[0] * 10, out_label.float(), atol=1e-4)
 
 
-def test_schedules():
-    assert warmup_factor(0, 10, 1e-6) == pytest.approx(1e-6) and warmup_factor(10, 10, 1e-6) == 1.0
-    assert warmup_factor(5, 10, 0.001) == pytest.approx(0.001 * 0.5 + 0.5)
-    assert poly_factor(25, 100, 1.0) == pytest.approx(0.75) and poly_factor(100, 100) == 0.0
-    sched = {"kind": "multistep", "warmup_iters": 0, "milestones": [0.5, 0.75], "values": [1.0, 0.1, 0.01]}
-    assert [lr_factor(i, sched, 100) for i in (0, 49, 50, 74, 75, 99)] == [1.0, 1.0, 0.1, 0.1, 0.01, 0.01]
-
-
 def test_layer_decay_groups_follow_beit_scaling():
     torch.manual_seed(0)
     backbone = Backbone("vit_tiny_patch16_224")
     head = torch.nn.Conv2d(4, 4, 1)
-    groups = layer_decay_groups(backbone, [head], weight_decay=0.05, layer_decay=0.65)
+    groups = layer_decay_groups(backbone.model, weight_decay=0.05, layer_decay=0.65, heads=[head])
     scale_of = {}
     for g in groups:
         for p in g["params"]:
@@ -174,28 +166,36 @@ def held_out_loss(backend, batch) -> float:
         return float(backend.loss(*batch))
 
 
+def short_training(ade_root: Path, recipe: dict, make_backend, arch: str = "vit_tiny_patch16_224"):
+    """Seeded ``train_segmentation`` of ``make_backend(backbone, classes, recipe)`` on the fixture:
+    (backend, training set, losses, held-out loss before, held-out loss after)."""
+    from ssl_bench.data.ade20k import ADE20kSegmentation
+    from ssl_bench.protocols.segmentation import train_segmentation
+    from ssl_bench.seeding import seed_everything
+
+    seed_everything(0)
+    backbone = Backbone(arch)
+    dataset = ADE20kSegmentation(ade_root / "ADEChallengeData2016", "training", SegTrainTransform(recipe["train_pipeline"]))
+    backend = make_backend(backbone, dataset.num_classes, recipe)
+    batch = fixed_batch(ade_root, recipe)
+    before = held_out_loss(backend, batch)
+    losses = train_segmentation(backend, backbone, dataset, recipe, torch.device("cpu"))
+    return backend, dataset, losses, before, held_out_loss(backend, batch)
+
+
 @pytest.mark.parametrize("arch", ["vit_tiny_patch16_224", "resnet18"])
 def test_short_training_lowers_the_loss(ade_root, arch):
-    from ssl_bench.data.ade20k import ADE20kSegmentation
-    from ssl_bench.dense.common import seed_all
-    from ssl_bench.protocols.segmentation import DefaultSegBackend, train_segmentation
+    from ssl_bench.protocols.segmentation import DefaultSegBackend
 
     recipe = small_recipe()
     recipe["optim"]["lr"] = 2e-3
     recipe["schedule"].update(iters=10, warmup_iters=1)
-    seed_all(0)
-    backbone = Backbone(arch)
-    dataset = ADE20kSegmentation(ade_root / "ADEChallengeData2016", "training", SegTrainTransform(recipe["train_pipeline"]))
-    backend = DefaultSegBackend(backbone, dataset.num_classes, recipe)
-    batch = fixed_batch(ade_root, recipe)
-    before = held_out_loss(backend, batch)
-    losses = train_segmentation(backend, backbone, dataset, recipe, torch.device("cpu"))
-    after = held_out_loss(backend, batch)
+    _, _, losses, before, after = short_training(ade_root, recipe, DefaultSegBackend, arch)
     assert len(losses) == 10 and all(np.isfinite(losses))
     assert after < 0.95 * before  # the loss on a fixed batch, in eval mode, went down
 
 
-def test_evaluation_is_mmseg_iou_on_fixed_predictions(ade_root):
+def test_evaluation_is_mmseg_iou_on_fixed_predictions(ade_root, monkeypatch):
     """The default backend's scoring path against IoU computed here from confusion matrices."""
     from ssl_bench.data.ade20k import ADE20kSegmentation
     from ssl_bench.protocols.segmentation import DefaultSegBackend
@@ -207,19 +207,14 @@ def test_evaluation_is_mmseg_iou_on_fixed_predictions(ade_root):
     labels = [val[i][1] for i in range(len(val))]
     preds = [torch.where(torch.from_numpy(rng.random(l.shape) < 0.3), torch.from_numpy(rng.integers(0, 5, l.shape)),
                          l.clamp(0, 4)) for l in labels]
-    # fixed predictions replace the model: its logits are one-hot of the prediction
+    # fixed predictions replace the model's (the name segmentation.py calls)
     import ssl_bench.protocols.segmentation as seg
-    import ssl_bench.dense.upernet as up
 
     def fixed(predict, dataset, num_classes, test_cfg, desc=""):
         yield from zip(preds, labels)
 
-    original = up.predict_dataset
-    up.predict_dataset = fixed
-    try:
-        result = backend.evaluate(val, recipe)
-    finally:
-        up.predict_dataset = original
+    monkeypatch.setattr(seg, "predict_dataset", fixed)
+    result = backend.evaluate(val, recipe)
     conf = np.zeros((5, 5), np.int64)
     for p, l in zip(preds, labels):
         keep = l.numpy() != 255
@@ -229,7 +224,6 @@ def test_evaluation_is_mmseg_iou_on_fixed_predictions(ade_root):
     iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
     assert result["mIoU"] == pytest.approx(np.nanmean(iou), abs=1e-12)
     assert result["aAcc"] == pytest.approx(inter.sum() / conf.sum(), abs=1e-12)
-    del seg
 
 
 def test_protocol_end_to_end(ade_root, tmp_path):

@@ -10,6 +10,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..data.common import default_workers, fmt_config
+from ..data.imagefolder import ImageFolderDataset
+from ..data.loading import measure_throughput
+from ..data.resolve import dataset_name, resolve
+from ..errors import UserError
+from ..progress import log
+from ..protocols._features import eval_transform
+
 DESCRIPTION = "images/s of the classification loader alone, 0 workers vs N workers"
 
 
@@ -24,19 +32,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ssl_bench.data.imagefolder import ImageFolderDataset
-    from ssl_bench.data.loading import default_workers, eval_transform, measure_throughput
-    from ssl_bench.data.resolve import dataset_name, resolve
-    from ssl_bench.errors import UserError
-    from ssl_bench.progress import log
-
     if args.batches < 1 or args.batch_size < 1:
         raise UserError("--batches/--batch-size: must be >= 1")
     root = resolve(args.data, "imagenet")
     name = dataset_name(args.data, "imagenet")
-    transform = eval_transform(args.size)
-    resize = transform.transforms[0].size
-    dataset = ImageFolderDataset(root / args.split, transform, draft_size=resize if isinstance(resize, int) else None)
+    stats = fmt_config("imagenet")
+    resize = round(args.size * 256 / 224)
+    transform = eval_transform({"resize": resize, "crop": args.size, "interpolation": "bicubic",
+                                "mean": stats["mean"], "std": stats["std"]})
+    dataset = ImageFolderDataset(root / args.split, transform, draft_size=resize)
     workers = default_workers() if args.workers is None else args.workers
     if workers < 1:
         raise UserError(f"--workers: {workers}; give >= 1 (0 workers is always measured as the baseline)")

@@ -17,6 +17,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import timm
+import torch
+from PIL import Image
+
+from ..backbones import Backbone
+from ..data import ImageFolderDataset, resolve
+from ..errors import UserError
+from ..protocols._features import FeatureSpec, eval_transform, extract
+from ..protocols.knn import l2_normalize, search_topk
+
 DESCRIPTION = "k-NN search (faiss vs torch) and feature extraction (pipeline vs bare timm) speed"
 
 
@@ -48,8 +59,6 @@ def _median_time(fn, repeats: int) -> tuple[float, object]:
 
 def torch_topk(train, queries, k: int, chunk: int):
     """Exhaustive top-k by chunked matmul in torch (the baseline)."""
-    import torch
-
     train_t = torch.from_numpy(train)
     sims, idx = [], []
     for s in range(0, len(queries), chunk):
@@ -61,9 +70,6 @@ def torch_topk(train, queries, k: int, chunk: int):
 
 
 def _synthetic_tree(folder: Path, images: int, size: int) -> Path:
-    import numpy as np
-    from PIL import Image
-
     rng = np.random.default_rng(0)
     for n in range(images):
         wnid = f"n{99000000 + n % 10:08d}"
@@ -75,11 +81,6 @@ def _synthetic_tree(folder: Path, images: int, size: int) -> Path:
 
 
 def _bench_search(args) -> None:
-    import numpy as np
-
-    from ssl_bench.errors import UserError
-    from ssl_bench.protocols.knn import l2_normalize, search_topk
-
     if min(args.train, args.queries, args.dim, args.k) < 1 or args.k > args.train:
         raise UserError("--train/--queries/--dim/--k: must be >= 1 with k <= train")
     rng = np.random.default_rng(0)
@@ -101,14 +102,6 @@ def _bench_search(args) -> None:
 
 
 def _bench_extraction(args) -> None:
-    import numpy as np
-    import timm
-    import torch
-
-    from ssl_bench.backbones import Backbone
-    from ssl_bench.data import ImageFolderDataset, resolve
-    from ssl_bench.protocols._features import FeatureSpec, eval_transform, extract
-
     tcfg = {"resize": int(round(args.size / 0.875)), "crop": args.size, "interpolation": "bicubic",
             "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,8 @@
 """Training speed of a pretraining method vs a bare timm encoder over the same tokens.
 
-One run measures both: the method's full training step (views already made, so data loading
-is excluded: loss, backward, clipping, optimiser step, EMA update) and a bare forward +
+One run measures both: the method's full training step (``ssl_bench.engine.step.TrainStep``,
+the engine's own; views already made, so data loading is excluded: loss, non-finite check,
+backward, clipping, optimiser step, EMA update) and a bare forward +
 backward of a fresh timm encoder of the same architecture over exactly the inputs the
 method's online encoder saw in a step (same images, same kept tokens), with a mean loss.
 The ratio is the method's overhead (teacher forward, heads, loss, optimiser, EMA).
@@ -18,14 +19,25 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..backbones import Backbone
+from ..distributed import pick_device
+from ..engine.data import to_device
+from ..engine.recipe import build_method, resolve_recipe
+from ..engine.step import Schedules, TrainStep, build_optimizer
+from ..errors import UserError
+from ..seeding import sample_seed, seeded
+
 DESCRIPTION = "pretraining step images/s of a method and its ratio to a bare encoder fwd+bwd"
 
-REPO_RECIPES = Path(__file__).resolve().parents[2] / "pretrain"
+#: where the default recipe is looked for: the project's recipes, relative to the working folder
+PROJECT_RECIPES = Path("pretrain")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", required=True, help="method name, e.g. msn or conmim")
-    parser.add_argument("--recipe", type=Path, help="recipe (default: pretrain/<method>_tiny.yaml if present)")
+    parser.add_argument("--recipe", type=Path,
+                        help="recipe (default: pretrain/<method>_tiny.yaml under the working folder if present, "
+                             "else the package defaults)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per side (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
@@ -34,8 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _batch(method, batch_size: int, size: int, device):
-    from ..engine import sample_seed, seeded, to_device
-
     transform = method.transform()
     rng = np.random.default_rng(0)
     samples = []
@@ -62,14 +72,9 @@ def _timed(fn, steps: int, warmup: int, device) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..backbones import Backbone
-    from ..engine import (Schedules, apply_schedules, build_method, build_optimizer, ema_update, pick_device,
-                          resolve_recipe)
-    from ..errors import UserError
-
     recipe_path = args.recipe
     if recipe_path is None:
-        candidate = REPO_RECIPES / f"{args.method}_tiny.yaml"
+        candidate = PROJECT_RECIPES / f"{args.method}_tiny.yaml"
         recipe_path = candidate if candidate.is_file() else None
     sets = [f"method={args.method}", *args.set]
     if args.batch_size:
@@ -79,15 +84,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--steps {args.steps}: must be at least 1")
     device = pick_device(args.device)
     method = build_method(recipe).to(device).train()
-    optimizer = build_optimizer(method, recipe)
-    sched = Schedules(recipe, ipe=1000)
-    apply_schedules(optimizer, sched.lr(0), sched.weight_decay(0))
+    train_step = TrainStep(method, build_optimizer(method, recipe), Schedules(recipe, ipe=1000), recipe, device)
     batch_size = recipe["data"]["batch_size"]
     size = max(recipe["backbone"]["img_size"], recipe.get(recipe["method"], {}).get("rand_size", 0)) * 3 // 2
     batch = _batch(method, batch_size, size, device)
-    bf16 = recipe["precision"] == "bf16"
-    pairs = method.ema_pairs()
-    clip = recipe["optim"]["clip_grad"]
+    bf16 = train_step.bf16
 
     # what the online encoder sees in one step: token calls (ViTs) or feature calls (ConvNets)
     calls = []
@@ -103,19 +104,10 @@ def run(args: argparse.Namespace) -> int:
             calls.append((images, None, None))
         return original_features(images, kind)
 
-    method.backbone.tokens, method.backbone.features = spy_tokens, spy_features
-
     def method_step():
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss, _ = method(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.float().backward()
-        if clip > 0:
-            torch.nn.utils.clip_grad_norm_(list(method.clip_parameters()), clip)
-        optimizer.step()
-        if pairs:
-            ema_update(pairs, 0.996)
+        train_step(batch, 0)  # the engine's step; the schedules held at their first values
 
+    method.backbone.tokens, method.backbone.features = spy_tokens, spy_features
     method_step()
     method.backbone.tokens, method.backbone.features = original_tokens, original_features
     seen = calls[:]

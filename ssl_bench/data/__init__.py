@@ -8,8 +8,10 @@ The torch datasets are imported lazily (``from ssl_bench.data import ImageFolder
 ``resolve`` and the CLI start without importing torch.
 """
 
-from ssl_bench.data.common import MANIFEST_NAME
-from ssl_bench.data.resolve import EMBEDDED_NAMES, FORMATS, dataset_name, is_format, resolve
+import importlib
+
+from .common import MANIFEST_NAME
+from .resolve import EMBEDDED_NAMES, FORMATS, dataset_name, is_format, resolve
 
 _LAZY = {
     "ImageFolderDataset": "ssl_bench.data.imagefolder",
@@ -35,6 +37,5 @@ __all__ = ["MANIFEST_NAME", "FORMATS", "EMBEDDED_NAMES", "resolve", "dataset_nam
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'ssl_bench.data' has no attribute {name!r}")

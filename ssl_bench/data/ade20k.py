@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ssl_bench.data.common import embedded_set, fmt_config, sorted_files
-from ssl_bench.data.imagefolder import load_rgb, to_float_tensor
-from ssl_bench.errors import UserError
-from ssl_bench.progress import progress
+from ..errors import UserError
+from ..progress import progress
+from .common import embedded_set, fmt_config, sorted_files
+from .imagefolder import load_rgb, to_float_tensor
 
 
 def reduce_zero_label(label: np.ndarray) -> np.ndarray:

@@ -9,12 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from ssl_bench.data.common import MANIFEST_NAME, read_manifest
-from ssl_bench.data.resolve import FORMATS, check_format_name, resolve
-from ssl_bench.errors import UserError
-
-
-from ssl_bench.data import ade20k, coco, davis, imagefolder  # noqa: E402
+from ..errors import UserError
+from . import ade20k, coco, davis, imagefolder
+from .common import MANIFEST_NAME, read_manifest
+from .resolve import FORMATS, check_format_name, resolve
 
 VALIDATORS: dict[str, Callable[[Path], list[str]]] = {
     "imagenet": imagefolder.check_imagenet,

@@ -31,11 +31,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
-from ssl_bench.data.common import embedded_set, fmt_config, load_json, sorted_subdirs
-from ssl_bench.data.imagefolder import load_rgb, to_float_tensor
-from ssl_bench.errors import UserError
-from ssl_bench.progress import progress
-
+from ..errors import UserError
+from ..progress import progress
+from .common import embedded_set, fmt_config, load_json, sorted_subdirs
+from .imagefolder import load_rgb, to_float_tensor
 
 # ------------------------------------------------------------------------------------------------ layout
 

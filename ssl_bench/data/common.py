@@ -14,12 +14,15 @@ from typing import Any, Iterable
 
 import yaml
 
-from ssl_bench.errors import UserError
+from ..errors import UserError
 
 #: File name of the manifest at the root of a tree written by ``ssl-bench data prepare``.
 MANIFEST_NAME = "ssl-bench-data.json"
 
 _FORMATS_YAML = Path(__file__).with_name("formats.yaml")
+
+#: The embedded data's profiles: ``base.yaml`` and one file per profile merged over it.
+PROFILE_DIR = Path(__file__).with_name("profiles")
 
 
 @lru_cache(maxsize=None)
@@ -31,6 +34,18 @@ def formats_config() -> dict:
 
 def fmt_config(fmt: str) -> dict:
     return formats_config()[fmt]
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml") if p.stem != "base")
+
+
+def default_workers() -> int:
+    """Worker processes by default: the CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def image_extensions() -> tuple[str, ...]:

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ssl_bench.data.common import fmt_config, sorted_files, sorted_subdirs
-from ssl_bench.errors import UserError
-from ssl_bench.progress import progress
+from ..errors import UserError
+from ..progress import progress
+from .common import fmt_config, sorted_files, sorted_subdirs
 
 VOID = 255
 

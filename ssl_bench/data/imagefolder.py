@@ -33,11 +33,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ssl_bench.data.common import (embedded_set, first_problems, fmt_config, is_image_file, is_wnid,
-                                   sorted_files, sorted_subdirs)
-from ssl_bench.errors import UserError
-from ssl_bench.progress import progress
-
+from ..errors import UserError
+from ..progress import progress
+from .common import (embedded_set, first_problems, fmt_config, is_image_file, is_wnid, sorted_files,
+                     sorted_subdirs)
 
 # ----------------------------------------------------------------------------------------------- loading
 

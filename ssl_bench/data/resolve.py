@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ssl_bench.data.common import (MANIFEST_NAME, fmt_config, is_wnid, read_manifest, embedded_set,
-                                   sorted_subdirs)
-from ssl_bench.errors import UserError
+from ..errors import UserError
+from .common import MANIFEST_NAME, embedded_set, fmt_config, is_wnid, read_manifest, sorted_subdirs
 
 #: Every format ssl-bench reads, in the order ``--format all`` checks them.
 FORMATS = ("imagenet", "coco", "lvis", "ade20k", "davis", "imagenet-c", "imagenet-r",

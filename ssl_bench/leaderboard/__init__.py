@@ -35,7 +35,7 @@ confidence=0.95, seed=0, digits=1, reported_scope="measured", title=...) -> Comp
 return the matplotlib Figures.
 
 Reported numbers: ``leaderboards/reported.csv`` (``reported`` module, which also holds the
-name mapping from ``reference_results.csv``).
+name mapping of ``convert_reference``).
 
 The foundation's ``pivot(records)``, ``render(table, fmt)`` and ``write(text, out)`` stay
 as they were (``render`` also accepts a ComparisonTable).
@@ -46,10 +46,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
+from ..results import load_results
 from .basic import FORMATS, pivot, render, write
 from .reported import DEFAULT_REPORTED, REFERENCE_NAMES, convert_reference, load_reported
-from .stats import (DEFAULT_BOOTSTRAP, DEFAULT_CONFIDENCE, DEFAULT_SEED, bootstrap_ci,
-                    lower_is_better)
+from .stats import DEFAULT_BOOTSTRAP, DEFAULT_CONFIDENCE, DEFAULT_SEED, bootstrap_ci, lower_is_better
 from .table import FILE_FORMATS, TEXT_FORMATS, ComparisonTable, build_table, check_formats
 
 __all__ = ["FORMATS", "FILE_FORMATS", "TEXT_FORMATS", "ComparisonTable", "build_table", "pivot",
@@ -66,8 +66,6 @@ def write_leaderboard(results_dir: Path, out_stem: Path, formats=("md", "csv", "
     ``options`` go to ``build_table`` (n_boot, confidence, seed, digits, reported_scope, title).
     Returns ``{fmt: [paths]}`` (``png``: overview first, then one per protocol).
     """
-    from ..results import load_results
-
     formats = check_formats(formats)
     if not Path(results_dir).is_dir():
         raise UserError(f"results folder {results_dir}: no such folder; run 'ssl-bench eval' first")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import UserError
+from .table import ComparisonTable
 
 FORMATS = ("md", "csv", "tex", "html")
 
@@ -27,8 +28,6 @@ def render(table, fmt: str, *, digits: int = 2) -> str:
     ``table`` is a ``pivot`` DataFrame or a ``ComparisonTable`` (then rendered by
     ``ComparisonTable.render``, with its own digits).
     """
-    from .table import ComparisonTable
-
     if isinstance(table, ComparisonTable):
         return table.render(fmt)
     if fmt not in FORMATS:

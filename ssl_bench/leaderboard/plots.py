@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import io
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from .stats import lower_is_better
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c",
            "#ccb974", "#64b5cd"]
@@ -33,13 +35,21 @@ def row_colors(table) -> dict[str, str]:
 
 def figure_png(fig: Figure, dpi: int = 100) -> bytes:
     buffer = io.BytesIO()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # matplotlib: loaded only to draw
+
     FigureCanvasAgg(fig)  # attaches the Agg canvas: savefig needs no pyplot backend
     fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
 
 
+def _figure(**kwargs) -> Figure:
+    from matplotlib.figure import Figure  # matplotlib: loaded only to draw
+
+    return Figure(**kwargs)
+
+
 def _empty(message: str) -> Figure:
-    fig = Figure(figsize=(6, 1.5))
+    fig = _figure(figsize=(6, 1.5))
     fig.text(0.5, 0.5, message, ha="center", va="center")
     return fig
 
@@ -55,7 +65,7 @@ def protocol_figure(table, protocol: str) -> Figure:
     ncols = min(3, len(columns))
     nrows = math.ceil(len(columns) / ncols)
     per_panel = max(int(mean[col].notna().sum()) for col in columns)
-    fig = Figure(figsize=(5.2 * ncols + 1.5, nrows * (0.9 + 0.32 * per_panel)), layout="constrained")
+    fig = _figure(figsize=(5.2 * ncols + 1.5, nrows * (0.9 + 0.32 * per_panel)), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax, col in zip(axes.flat, columns):
         values = mean[col].dropna()
@@ -109,7 +119,7 @@ def overview_figure(table) -> Figure:
         scaled = np.ones(ok.sum()) if hi == lo else (column[ok] - lo) / (hi - lo)
         score[ok, j] = 1 - scaled if lower_is_better(col[2]) else scaled
     nrows, ncols = data.shape
-    fig = Figure(figsize=(3.0 + 0.85 * ncols, 2.2 + 0.38 * nrows), layout="constrained")
+    fig = _figure(figsize=(3.0 + 0.85 * ncols, 2.2 + 0.38 * nrows), layout="constrained")
     ax = fig.subplots()
     cmap = _cmap()
     ax.imshow(np.ma.masked_invalid(score), cmap=cmap, vmin=0, vmax=1, aspect="auto")
@@ -135,6 +145,6 @@ def overview_figure(table) -> Figure:
 
 
 def _cmap():
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # matplotlib: loaded only to draw
 
     return colormaps["YlGn"].with_extremes(bad="#eeeeee")

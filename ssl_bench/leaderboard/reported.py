@@ -3,12 +3,12 @@
 ``leaderboards/reported.csv`` columns: ``method, architecture, epochs, protocol, dataset,
 metric, value, std, source, note`` (``std``: the paper's spread over splits/seeds where it
 gives one; ``note``: what a reader must know to compare, e.g. a variant of the protocol).
-Names are ours (protocol / dataset / metric as our protocols write them). The facts were
-taken from ``reference_results.csv`` (shared) and checked against, and completed from,
-the papers' tables.
+Names are ours (protocol / dataset / metric as our protocols write them); each row's
+``source`` names the paper table it was taken from.
 
-Names in ``reference_results.csv`` that differ from ours, mapped by ``REFERENCE_NAMES``
-(``convert_reference`` applies it; ``*`` keeps the metric):
+``convert_reference`` reads a results table in another naming (columns ``method, arch,
+pretrain_epochs, protocol, dataset, metric, value, source``) into ours; its names that differ
+from ours are mapped by ``REFERENCE_NAMES`` (``*`` keeps the metric):
 
 | reference protocol | reference metric | our protocol | our metric |
 | --- | --- | --- | --- |
@@ -52,7 +52,7 @@ REFERENCE_NAMES: dict[tuple[str, str | None], tuple[str, str | None]] = {
 
 
 def map_reference_name(protocol: str, metric: str) -> tuple[str, str]:
-    """Our (protocol, metric) for a ``reference_results.csv`` (protocol, metric)."""
+    """Our (protocol, metric) for a (protocol, metric) of the other naming."""
     if (protocol, metric) in REFERENCE_NAMES:
         return REFERENCE_NAMES[(protocol, metric)]
     if (protocol, None) in REFERENCE_NAMES:
@@ -61,7 +61,7 @@ def map_reference_name(protocol: str, metric: str) -> tuple[str, str]:
 
 
 def convert_reference(path: Path) -> pd.DataFrame:
-    """``reference_results.csv`` (method, arch, pretrain_epochs, ...) in our column names."""
+    """A results table in the other naming (method, arch, pretrain_epochs, ...) in our column names."""
     ref = pd.read_csv(path, dtype={"pretrain_epochs": "string"}, keep_default_na=False)
     names = [map_reference_name(p, m) for p, m in zip(ref["protocol"], ref["metric"])]
     return pd.DataFrame({"method": ref["method"], "architecture": ref["arch"],

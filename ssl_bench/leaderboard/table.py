@@ -12,10 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..atomic import atomic_write, atomic_write_bytes
 from ..errors import UserError
+from ..results import load_predictions
+from .plots import figure_png, overview_figure, protocol_figure
 from .reported import load_reported, reported_label
-from .stats import (DEFAULT_BOOTSTRAP, DEFAULT_CONFIDENCE, DEFAULT_SEED, bootstrap_ci,
-                    lower_is_better, mean_std)
+from .stats import (DEFAULT_BOOTSTRAP, DEFAULT_CONFIDENCE, DEFAULT_SEED, bootstrap_ci, lower_is_better,
+                    mean_std)
 
 TEXT_FORMATS = ("md", "csv", "tex", "html")
 FILE_FORMATS = TEXT_FORMATS + ("png",)
@@ -324,8 +327,6 @@ class ComparisonTable:
     def figure_pngs(self) -> dict[str, bytes]:
         """PNG bytes: ``overview`` then one per protocol (rendered once, then cached)."""
         if "_png_cache" not in self.__dict__:
-            from .plots import figure_png, overview_figure, protocol_figure
-
             pngs = {"overview": figure_png(overview_figure(self))}
             for protocol in self.protocols():
                 pngs[protocol] = figure_png(protocol_figure(self, protocol))
@@ -356,8 +357,6 @@ class ComparisonTable:
 
     def write(self, out_stem: Path, formats=("md", "csv", "html", "png")) -> dict[str, list[Path]]:
         """Write ``out_stem.<fmt>`` per format; ``png`` also ``out_stem.<protocol>.png``."""
-        from ..atomic import atomic_write, atomic_write_bytes
-
         formats = check_formats(formats)
         out_stem = Path(out_stem)
         written: dict[str, list[Path]] = {}
@@ -396,8 +395,6 @@ def check_formats(formats) -> list[str]:
 
 # -------------------------------------------------------------------- building
 def _measured_cells(records: pd.DataFrame, *, n_boot: int, confidence: float, seed: int) -> pd.DataFrame:
-    from ..results import load_predictions
-
     records = records.copy()
     for column in ("method", "arch", "checkpoint_sha256", "predictions", "predictions_key",
                    "predictions_scale", "file"):

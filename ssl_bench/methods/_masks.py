@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 import torch
@@ -60,8 +61,6 @@ def blockwise_mask(grid: tuple[int, int], num_masking: int, *, min_block: int = 
     (SiameseIM util/masking_generator.py ``fixed_num_masking_patches=True``). Draws from
     python ``random`` (seeded per sample by the engine).
     """
-    import random
-
     h, w = grid
     num_masking = min(int(num_masking), h * w)
     max_block = num_masking if max_block is None else max_block

@@ -1,6 +1,6 @@
 """Parts shared by SiameseIM, MMC and MSCN only: cross-rank gathers, the joint-embedding
 losses (SimCLR NT-Xent, MoCo-style InfoNCE over gathered keys, BYOL regression) and
-noise filling of masked pixels. MSN / ConMIM parts live in ``_heads``, ``_masks``, ``_views``.
+noise filling of masked pixels. MSN / ConMIM parts live in ``_mlp``, ``_masks``, ``_views``.
 """
 
 from __future__ import annotations
@@ -8,21 +8,16 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.distributed.nn.functional import all_gather
 from torch.nn import functional as F
 
-from ._heads import distributed
-
-
-def rank_and_world() -> tuple[int, int]:
-    if distributed():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from ..distributed import is_distributed, rank_and_world
 
 
 @torch.no_grad()
 def gather_no_grad(x: Tensor) -> Tensor:
     """Concatenate ``x`` from every rank along dim 0, without gradient (MoCo ``concat_all_gather``)."""
-    if not distributed():
+    if not is_distributed():
         return x
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())
@@ -32,9 +27,8 @@ def gather_no_grad(x: Tensor) -> Tensor:
 def gather_with_grad(x: Tensor) -> Tensor:
     """Concatenate ``x`` from every rank along dim 0; gradients flow back to each rank's part
     (SimCLR's cross-replica negatives)."""
-    if not distributed():
+    if not is_distributed():
         return x
-    from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(x.contiguous()))
 

@@ -19,8 +19,8 @@ from torch.nn import functional as F
 
 from ..backbones import Backbone
 from . import METHODS, Method
-from ._heads import mlp, trunc_normal_init
 from ._masks import grid_random_mask
+from ._mlp import mlp, trunc_normal_init
 from ._views import colour_distortion, crop_view, load_rgb, to_tensor
 
 

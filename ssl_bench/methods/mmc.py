@@ -1,4 +1,5 @@
-"""MMC: Masked Momentum Contrastive learning (paper: papers/mmc.txt). No official code exists:
+"""MMC: Masked Momentum Contrastive learning (Wu et al., "Masked Momentum Contrastive Learning for
+Zero-shot Semantic Understanding"). No official code exists:
 every choice the paper leaves open is a recipe option marked ``paper-derived`` in
 ``ssl_bench/defaults/pretrain/mmc.yaml``.
 
@@ -31,7 +32,7 @@ from torch.nn import functional as F
 
 from ..backbones import Backbone
 from . import METHODS, Method
-from ._heads import mlp, trunc_normal_init
+from ._mlp import mlp, trunc_normal_init
 from ._siamese import moco_info_nce
 from ._views import colour_distortion, crop_view, load_rgb, to_tensor
 

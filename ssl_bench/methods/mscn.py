@@ -1,4 +1,4 @@
-"""MSCN: Masked Siamese ConvNets (Jing et al., 2022; paper: papers/mscn.txt). No official code
+"""MSCN: Masked Siamese ConvNets (Jing et al., "Masked Siamese ConvNets", 2022). No official code
 exists: choices the paper leaves open are recipe options marked ``paper-derived`` in
 ``ssl_bench/defaults/pretrain/mscn.yaml``.
 
@@ -35,7 +35,7 @@ from torch import Tensor
 from ..backbones import Backbone
 from ..filters import highpass
 from . import METHODS, Method
-from ._heads import mlp
+from ._mlp import mlp
 from ._siamese import byol_regression, fill_noise, nt_xent
 from ._views import colour_distortion, crop_view, load_rgb, to_tensor
 

@@ -21,10 +21,26 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..backbones import Backbone
+from ..distributed import is_distributed
 from . import METHODS, Method
-from ._heads import AllReduceMean, distributed, mlp, trunc_normal_init
 from ._masks import patch_drop_keep
+from ._mlp import mlp, trunc_normal_init
 from ._views import colour_distortion, crop_view, load_rgb, to_tensor
+
+
+class AllReduceMean(torch.autograd.Function):
+    """Mean across ranks in the forward pass, identity gradient (msn src/utils.py ``AllReduce``)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        if is_distributed():
+            x = x.contiguous() / dist.get_world_size()
+            dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad
 
 
 @torch.no_grad()
@@ -33,15 +49,15 @@ def sinkhorn(probs: Tensor, iterations: int = 3) -> Tensor:
     normalise to total mass 1, then alternately give every prototype mass 1/K and every
     sample mass 1/B; rows are rescaled to sum to 1. Sums run over all ranks."""
     q = probs.T.clone()  # (K, B)
-    world = dist.get_world_size() if distributed() else 1
+    world = dist.get_world_size() if is_distributed() else 1
     batch, protos = q.shape[1] * world, q.shape[0]
     total = q.sum()
-    if distributed():
+    if is_distributed():
         dist.all_reduce(total)
     q /= total
     for _ in range(iterations):
         rows = q.sum(dim=1, keepdim=True)
-        if distributed():
+        if is_distributed():
             dist.all_reduce(rows)
         q /= rows
         q /= protos

@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..backbones import Backbone
+from ..distributed import is_distributed
 from . import METHODS, Method
-from ._heads import distributed
 from ._masks import blockwise_mask
 from ._views import colour_distortion, crop_view, load_rgb, to_tensor
 
@@ -123,7 +123,7 @@ def unigrad_loss(pred: Tensor, target: Tensor, neg_weight: float = 0.02, *, targ
         if target_norm:
             z = F.layer_norm(z, (dim,), eps=eps)
         corr = z.T @ z / z.shape[0]
-        if distributed():
+        if is_distributed():
             dist.all_reduce(corr)
             corr /= dist.get_world_size()
     pos = ((y - z) ** 2).sum(-1).mean()

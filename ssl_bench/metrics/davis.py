@@ -22,6 +22,7 @@ sequences have at most 104 frames).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,7 +119,6 @@ def statistics(per_frame: np.ndarray) -> tuple[float, float, float]:
 
 class _quiet_nan:
     def __enter__(self):
-        import warnings
         self._ctx = warnings.catch_warnings()
         self._ctx.__enter__()
         warnings.simplefilter("ignore", category=RuntimeWarning)

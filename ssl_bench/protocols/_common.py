@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data import ImageFolderDataset, dataset_name, resolve
 from ..errors import UserError
 
 
@@ -24,15 +25,11 @@ class ClassificationData:
 
 def open_split(root: Path, split: str, transform):
     """One split (``root/split/<class>/*``) through the data package's ImageFolder loader."""
-    from ..data import ImageFolderDataset
-
     return ImageFolderDataset(Path(root) / split, transform)
 
 
 def open_classification(ctx, recipe: dict, val_transform, train_transform=None) -> ClassificationData:
     """The recipe's dataset (``dataset`` key, default imagenet) under ``ctx.data``."""
-    from ..data import dataset_name, resolve
-
     fmt = recipe.get("dataset", "imagenet")
     root = resolve(Path(ctx.data), fmt)
     name = dataset_name(Path(ctx.data), fmt)
@@ -43,6 +40,14 @@ def open_classification(ctx, recipe: dict, val_transform, train_transform=None) 
         raise UserError(f"{root}: train and val class folders differ (e.g. {', '.join(missing)}); "
                         "both splits need the same class folders")
     return ClassificationData(name, Path(root), train, val, list(train.classes))
+
+
+def recipe_choice(recipe: dict, key: str, valid: tuple[str, ...]) -> str:
+    """``recipe[key]``, which must be one of ``valid`` (else a ``UserError`` naming key and choices)."""
+    value = recipe.get(key)
+    if value not in valid:
+        raise UserError(f"recipe key '{key}': {value!r} is not one of {', '.join(valid)}")
+    return value
 
 
 def records_for(dataset: str, metrics: dict[str, float], spec=None, extra: dict | None = None,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -36,7 +35,9 @@ from torch import nn
 
 from ..atomic import atomic_write, atomic_write_json
 from ..backbones import FEATURE_KINDS, Backbone
+from ..data.loading import make_loader
 from ..errors import UserError
+from ..filters import build_filter, normalise_filter
 from ..progress import log, progress
 
 CACHE_FORMAT = 1
@@ -67,22 +68,6 @@ def _check_feature(kind: str, where: str) -> None:
     if kind not in FEATURE_KINDS and not re.fullmatch(r"cls_last\d+", kind):
         raise UserError(f"{where}: unknown feature '{kind}'; valid: auto, {', '.join(FEATURE_KINDS[:-1])}, "
                         "cls_lastN (e.g. cls_last4)")
-
-
-def normalise_filter(value, where: str = "recipe key 'input_filter'") -> dict | None:
-    """None / 'none' / {} -> None; {'name': 'highpass', 'sigma': 5} is checked and returned."""
-    if value in (None, "none", "None", {}) or (isinstance(value, dict) and value.get("name") in (None, "none")):
-        return None
-    if isinstance(value, str) and value.startswith("highpass"):
-        _, _, sigma = value.partition(":")
-        value = {"name": "highpass", "sigma": float(sigma or 5)}
-    if not isinstance(value, dict) or value.get("name") != "highpass":
-        raise UserError(f"{where}: unknown input filter {value!r}; valid: none, auto, "
-                        "{name: highpass, sigma: 5}")
-    sigma = value.get("sigma", 5)
-    if not isinstance(sigma, (int, float)) or sigma <= 0:
-        raise UserError(f"{where}: highpass sigma must be a positive number, got {sigma!r}")
-    return {"name": "highpass", "sigma": float(sigma)}
 
 
 def feature_spec(checkpoint, recipe: dict) -> FeatureSpec:
@@ -130,29 +115,10 @@ def final_norm_as(backbone: Backbone, enabled: bool):
 
 
 # ----- transforms ------------------------------------------------------------------------
-class HighPass(nn.Module):
-    """Input minus its Gaussian blur (MSCN paper Section 4.6, sigma 5), on a normalised tensor.
-
-    Written here because torchvision has the blur but no high-pass; the kernel covers
-    +-3 sigma (size 2*ceil(3 sigma)+1), reflect padding (torchvision's gaussian_blur).
-    """
-
-    def __init__(self, sigma: float):
-        super().__init__()
-        self.sigma = float(sigma)
-        self.kernel = 2 * math.ceil(3 * self.sigma) + 1
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x - TF.gaussian_blur(x, [self.kernel, self.kernel], [self.sigma, self.sigma])
-
-    def __repr__(self) -> str:
-        return f"HighPass(sigma={self.sigma})"
-
-
 def _tail(tcfg: dict, input_filter: dict | None) -> list:
     tail = [T.ToTensor(), T.Normalize(tcfg["mean"], tcfg["std"])]
     if input_filter:
-        tail.append(HighPass(input_filter["sigma"]))
+        tail.append(build_filter(input_filter))
     return tail
 
 
@@ -319,8 +285,7 @@ def extract(backbone: Backbone, dataset, spec: FeatureSpec, out: np.ndarray, *, 
             num_workers: int, device: torch.device, bf16: bool, desc: str) -> None:
     """Fill ``out`` (N, D) with the features of ``dataset`` in sample order."""
     backbone.to(device).eval()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                         num_workers=num_workers, pin_memory=device.type == "cuda")
+    loader = make_loader(dataset, batch_size, workers=num_workers, pin_memory=device.type == "cuda")
     EXTRACTIONS.append((desc, len(dataset)))
     start = 0
     for images, _ in progress(loader, desc=desc, unit="batch"):

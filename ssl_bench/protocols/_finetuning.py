@@ -2,7 +2,7 @@
 
 The network is a timm classifier (``timm.create_model(arch, num_classes=C, ...)``) loaded
 with the checkpoint's encoder weights, so the fine-tuned result is a plain timm model that
-``_heads.load_classifier`` rebuilds. The protocol supplies the parameter groups (each with
+``robustness.load_classifier`` rebuilds. The protocol supplies the parameter groups (each with
 ``base_lr`` and ``min_lr``); this module does the rest:
 
 * transforms: eval = resize + centre crop (as the other protocols); train = ``simple``
@@ -11,11 +11,11 @@ with the checkpoint's encoder weights, so the fine-tuned result is a plain timm 
   the checkpoint's input filter (e.g. MSCN high-pass) is applied last;
 * mixup / cutmix through ``timm.data.Mixup`` with ``SoftTargetCrossEntropy``, else label
   smoothing (``timm.loss.LabelSmoothingCrossEntropy``), else cross-entropy;
-* per-iteration or per-epoch linear warmup + cosine lr (``ssl_bench.engine.warmup_cosine``);
+* per-iteration or per-epoch linear warmup + cosine lr (``ssl_bench.schedules.warmup_cosine``);
 * bf16 autocast option, optional gradient clipping; the whole network in train mode
   (BatchNorm statistics update, as Barlow Twins' ``model.train()``);
 * distributed: under ``torchrun`` (WORLD_SIZE > 1) the process group is set up through
-  ``ssl_bench.engine.init_distributed``; the model is wrapped in DDP, the training set
+  ``ssl_bench.distributed.init_distributed``; the model is wrapped in DDP, the training set
   sampled by a ``DistributedSampler``, the val set split by index without padding and
   the counts summed across ranks; rank 0 saves;
 * val top-1 / top-5 after every epoch; reported: max top-1 over epochs (what MAE and
@@ -25,20 +25,27 @@ with the checkpoint's encoder weights, so the fine-tuned result is a plain timm 
 from __future__ import annotations
 
 import copy
-import os
 
 import timm
 import torch
 import torch.distributed as dist
+from PIL import Image, ImageOps
+from timm.data import Mixup, auto_augment, create_transform
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import param_groups_layer_decay
 from torch import nn
 
 from ..backbones import arch_family, timm_kwargs
-from ..engine import init_distributed, warmup_cosine
+from ..data.loading import make_loader
+from ..distributed import init_distributed
 from ..errors import UserError
+from ..filters import build_filter
 from ..progress import log, progress
-from ._common import percent, records_for, topk_hits
-from ._features import HighPass, autocast, train_transform
-from ._heads import save_classifier
+from ..schedules import warmup_cosine
+from . import EvalContext, Protocol
+from ._classifiers import save_classifier
+from ._common import ClassificationData, open_classification, percent, records_for, topk_hits
+from ._features import autocast, eval_transform, feature_spec, train_transform
 
 
 # ----- the classifier ----------------------------------------------------------------------
@@ -99,6 +106,39 @@ def classifier_from_checkpoint(checkpoint, num_classes: int, recipe: dict, final
     return model, kwargs
 
 
+def layer_decay_groups(model: nn.Module, *, weight_decay: float, layer_decay: float,
+                       heads: list[nn.Module] = ()) -> list[dict]:
+    """Parameter groups with layer-wise lr decay, each carrying ``lr_scale``, from timm's
+    ``param_groups_layer_decay``. For a ViT the scale is layer_decay ** (L + 1 - layer id): patch
+    embedding and tokens id 0, block i id i + 1, the classifier L + 1 (MAE util/lr_decay.py,
+    BEiT / mmseg LayerDecayOptimizerConstructor, ViTDet get_vit_lr_decay_rate); ResNets follow
+    timm's stage grouping. No weight decay on 1-D parameters nor on the model's
+    ``no_weight_decay()`` names (pos_embed, cls_token). ``heads``: trained modules outside
+    ``model`` (a dense protocol's decoder), at scale 1 with the same 1-D rule."""
+    no_wd = set(getattr(model, "no_weight_decay", lambda: set())())
+    groups = param_groups_layer_decay(model, weight_decay=weight_decay, no_weight_decay_list=no_wd,
+                                      layer_decay=layer_decay)
+    if hasattr(model, "blocks") and not list(model.get_classifier().parameters()):
+        # a ViT / BEiT without a classifier: timm 1.0 puts the final norm in the last block's group,
+        # so its top id is L and block i would get decay ** (L - (i + 1)); the classifier's layer
+        # L + 1 is empty
+        for group in groups:
+            group["lr_scale"] *= layer_decay
+    seen = {id(p) for g in groups for p in g["params"]}
+    decay, no_decay = [], []
+    for head in heads:
+        for p in head.parameters():
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0})
+    return groups
+
+
 def classifier_params(model: nn.Module) -> tuple[list, list]:
     """(classifier parameters, all others) of a timm classifier."""
     head_ids = {id(p) for p in model.get_classifier().parameters()}
@@ -112,9 +152,6 @@ def _patch_posterize_zero_bits() -> None:
     """timm's RandAugment ('inc1' increasing levels) asks PIL to keep 0 bits at magnitude 10; Pillow >= 11
     refuses (``bits must be between or equal to 1 and 8``) where older Pillow returned a black image. Map
     0 bits back to that result so MAE's ``rand-m9-mstd0.5-inc1`` runs on this stack as it did for MAE."""
-    from PIL import Image, ImageOps
-    from timm.data import auto_augment
-
     try:
         ImageOps.posterize(Image.new("RGB", (1, 1)), 0)
         return  # this Pillow still accepts 0 bits
@@ -138,7 +175,6 @@ def finetune_train_transform(recipe: dict, input_filter: dict | None):
         return train_transform(tcfg, input_filter)
     if aug["kind"] != "timm":
         raise UserError(f"recipe key 'augment.kind': unknown '{aug['kind']}'; valid: simple, timm")
-    from timm.data import create_transform
 
     _patch_posterize_zero_bits()
     transform = create_transform(
@@ -147,35 +183,23 @@ def finetune_train_transform(recipe: dict, input_filter: dict | None):
         interpolation=tcfg["interpolation"], mean=tuple(tcfg["mean"]), std=tuple(tcfg["std"]),
         re_prob=float(aug["reprob"]), re_mode=aug["remode"], re_count=int(aug["recount"]))
     if input_filter:
-        transform.transforms.append(HighPass(input_filter["sigma"]))
+        transform.transforms.append(build_filter(input_filter))
     return transform
 
 
 def _loss_and_mixup(recipe: dict, num_classes: int):
     aug = recipe["augment"]
     if aug["mixup"] > 0 or aug["cutmix"] > 0:
-        from timm.data import Mixup
-        from timm.loss import SoftTargetCrossEntropy
-
         mixup = Mixup(mixup_alpha=aug["mixup"], cutmix_alpha=aug["cutmix"], prob=aug["mixup_prob"],
                       switch_prob=aug["mixup_switch_prob"], mode=aug["mixup_mode"],
                       label_smoothing=aug["smoothing"], num_classes=num_classes)
         return SoftTargetCrossEntropy(), mixup
     if aug["smoothing"] > 0:
-        from timm.loss import LabelSmoothingCrossEntropy
-
         return LabelSmoothingCrossEntropy(smoothing=aug["smoothing"]), None
     return nn.CrossEntropyLoss(), None
 
 
-# ----- distributed helpers -----------------------------------------------------------------
-def _distributed(device: torch.device) -> tuple[int, int, torch.device]:
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and device.type == "cuda":
-        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
-    world, rank = init_distributed(device) if not dist.is_initialized() else (dist.get_world_size(), dist.get_rank())
-    return world, rank, device
-
-
+# ----- distributed evaluation --------------------------------------------------------------
 class _Shard(torch.utils.data.Dataset):
     """Every ``world``-th sample from ``rank`` (val under DDP: no padding, no double counting)."""
 
@@ -211,6 +235,30 @@ def evaluate_classifier(model: nn.Module, loader, device, bf16: bool, world: int
     return out
 
 
+# ----- the protocols' shared run ------------------------------------------------------------
+class FineTuning(Protocol):
+    """A protocol that fine-tunes the checkpoint's encoder in a timm classifier; a subclass says
+    which training set (``train_set``) and which parameter groups with which lrs (``param_groups``)."""
+
+    def train_set(self, data: ClassificationData, recipe: dict, transform):
+        raise NotImplementedError
+
+    def param_groups(self, model: nn.Module, recipe: dict) -> tuple[list[dict], dict]:
+        """(groups with ``params``, ``base_lr``, ``min_lr``, ``weight_decay``; extras for the records)."""
+        raise NotImplementedError
+
+    def run(self, ctx: EvalContext) -> list[dict]:
+        recipe = ctx.recipe
+        spec = feature_spec(ctx.checkpoint, recipe)
+        data = open_classification(ctx, recipe, eval_transform(recipe["transform"], spec.input_filter))
+        train = self.train_set(data, recipe, finetune_train_transform(recipe, spec.input_filter))
+        model, kwargs = classifier_from_checkpoint(ctx.checkpoint, len(data.classes), recipe, spec.final_norm)
+        groups, extra = self.param_groups(model, recipe)
+        return run_finetuning(ctx, recipe, protocol=self.name, data=data, train_dataset=train, model=model,
+                              param_groups=groups, optimizer=recipe["optim"]["name"], spec=spec, model_kwargs=kwargs,
+                              extra={**extra, "pool": recipe["head"]["pool"]})
+
+
 # ----- the loop ----------------------------------------------------------------------------
 def run_finetuning(ctx, recipe: dict, *, protocol: str, data, train_dataset, model: nn.Module,
                    param_groups: list[dict], optimizer: str, spec, model_kwargs: dict,
@@ -220,7 +268,8 @@ def run_finetuning(ctx, recipe: dict, *, protocol: str, data, train_dataset, mod
     ``param_groups``: dicts with ``params``, ``base_lr``, ``min_lr``, ``weight_decay``.
     ``optimizer``: ``sgd`` (momentum ``optim.momentum``) or ``adamw`` (``optim.betas``).
     """
-    world, rank, device = _distributed(ctx.device)
+    device = ctx.device
+    world, rank = init_distributed(device)
     torch.manual_seed(int(recipe["seed"]) + rank)
     sched, optim = recipe["schedule"], recipe["optim"]
     epochs, batch = int(recipe["epochs"]), int(recipe["train_batch_size"])
@@ -251,13 +300,12 @@ def run_finetuning(ctx, recipe: dict, *, protocol: str, data, train_dataset, mod
     sampler = (torch.utils.data.DistributedSampler(train_dataset, num_replicas=world, rank=rank, shuffle=True,
                                                    seed=int(recipe["seed"])) if world > 1 else None)
     drop_last = len(train_dataset) >= batch and (mixup is not None or bool(recipe["drop_last"]))
-    loader = torch.utils.data.DataLoader(
-        train_dataset, batch_size=per_rank, shuffle=sampler is None, sampler=sampler, drop_last=drop_last,
-        num_workers=int(recipe["num_workers"]), pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(int(recipe["seed"])) if sampler is None else None)
+    workers = int(recipe["num_workers"])
+    loader = make_loader(train_dataset, per_rank, shuffle=sampler is None, sampler=sampler, drop_last=drop_last,
+                         workers=workers, pin_memory=device.type == "cuda",
+                         generator=torch.Generator().manual_seed(int(recipe["seed"])) if sampler is None else None)
     val_set = _Shard(data.val, rank, world) if world > 1 else data.val
-    val_loader = torch.utils.data.DataLoader(val_set, batch_size=int(recipe["batch_size"]), shuffle=False,
-                                             num_workers=int(recipe["num_workers"]))
+    val_loader = make_loader(val_set, int(recipe["batch_size"]), workers=workers)
     ipe = max(1, len(loader))
     total, warmup = epochs * ipe, float(sched["warmup_epochs"]) * ipe
     clip = recipe["optim"]["clip_grad"]

@@ -32,11 +32,13 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
+from ..data.davis import DavisSequences, write_mask
+from ..data.resolve import dataset_name, resolve
 from ..errors import UserError
 from ..metrics.davis import evaluate_folders
 from ..progress import progress
 from . import PROTOCOLS, EvalContext, Protocol
-from ._dense import dense_features, layer_spec, normalise, require_vit
+from ._patches import dense_features, layer_spec, normalise, require_vit
 
 
 # ----- DINO's preprocessing and propagation --------------------------------------------------
@@ -117,8 +119,6 @@ def norm_mask(mask: torch.Tensor) -> torch.Tensor:
 def segment_sequence(backbone, seq, out_dir: Path, cfg: dict, device: torch.device) -> None:
     """Propagate the first annotation of ``seq`` (a ``ssl_bench.data.davis.DavisSequence``) through its
     frames; write ``out_dir/<frame>.png`` with the sequence's palette."""
-    from ..data.davis import write_mask
-
     frames, palette = seq.frames, seq.palette
     patch = backbone.patch_size
     layer = layer_spec(cfg["layer"], backbone.depth)
@@ -177,9 +177,6 @@ class Davis(Protocol):
     name = "davis"
 
     def run(self, ctx: EvalContext) -> list[dict]:
-        from ..data.davis import DavisSequences
-        from ..data.resolve import dataset_name, resolve
-
         cfg = ctx.recipe
         backbone = ctx.checkpoint.backbone.to(ctx.device).eval()
         require_vit(backbone, "davis")

@@ -13,43 +13,33 @@ initialised trunc-normal(std 2e-5). Reported: max val top-1 over epochs and the 
 
 from __future__ import annotations
 
-from timm.optim import param_groups_layer_decay
-
-from . import PROTOCOLS, EvalContext, Protocol
-from ._common import open_classification, open_split
-from ._features import eval_transform, feature_spec
-from ._finetuning import classifier_from_checkpoint, finetune_train_transform, run_finetuning
+from . import PROTOCOLS
+from ._common import open_split
+from ._finetuning import FineTuning, layer_decay_groups
 
 
-def layer_decay_groups(model, lr: float, min_lr: float, weight_decay: float, layer_decay: float) -> list[dict]:
-    """timm's layer-decay parameter groups with each group's base and final lr scaled."""
-    no_decay = getattr(model, "no_weight_decay", lambda: set())()
-    groups = param_groups_layer_decay(model, weight_decay=weight_decay, no_weight_decay_list=no_decay,
-                                      layer_decay=layer_decay)
+def finetune_param_groups(model, recipe: dict) -> tuple[list[dict], float]:
+    """Layer-decay groups of the classifier, each with its base and final lr, and the peak lr:
+    lr = blr x batch / 256 (MAE main_finetune.py), scaled per group (MAE util/lr_sched.py:
+    lr * param_group["lr_scale"])."""
+    optim = recipe["optim"]
+    lr = float(optim["blr"]) * int(recipe["train_batch_size"]) / 256.0
+    min_lr = float(recipe["schedule"]["min_lr"])
+    groups = layer_decay_groups(model, weight_decay=float(optim["weight_decay"]), layer_decay=float(optim["layer_decay"]))
     for group in groups:
-        # MAE util/lr_sched.py: param_group["lr"] = lr * param_group["lr_scale"]
-        group["base_lr"] = lr * group["lr_scale"]
-        group["min_lr"] = min_lr * group["lr_scale"]
-    return groups
+        group["base_lr"], group["min_lr"] = lr * group["lr_scale"], min_lr * group["lr_scale"]
+    return groups, lr
 
 
 @PROTOCOLS.register("finetune")
-class FineTune(Protocol):
+class FineTune(FineTuning):
     """End-to-end fine-tuning on the full training set (MAE / BEiT recipe)."""
 
     name = "finetune"
 
-    def run(self, ctx: EvalContext) -> list[dict]:
-        recipe = ctx.recipe
-        spec = feature_spec(ctx.checkpoint, recipe)
-        data = open_classification(ctx, recipe, eval_transform(recipe["transform"], spec.input_filter))
-        train = open_split(data.root, recipe["train_split"], finetune_train_transform(recipe, spec.input_filter))
-        model, kwargs = classifier_from_checkpoint(ctx.checkpoint, len(data.classes), recipe, spec.final_norm)
-        optim = recipe["optim"]
-        lr = float(optim["blr"]) * int(recipe["train_batch_size"]) / 256.0  # MAE main_finetune.py
-        groups = layer_decay_groups(model, lr, float(recipe["schedule"]["min_lr"]), float(optim["weight_decay"]),
-                                    float(optim["layer_decay"]))
-        return run_finetuning(ctx, recipe, protocol=self.name, data=data, train_dataset=train, model=model,
-                              param_groups=groups, optimizer=optim["name"], spec=spec, model_kwargs=kwargs,
-                              extra={"lr": lr, "layer_decay": float(optim["layer_decay"]),
-                                     "pool": recipe["head"]["pool"]})
+    def train_set(self, data, recipe: dict, transform):
+        return open_split(data.root, recipe["train_split"], transform)
+
+    def param_groups(self, model, recipe: dict) -> tuple[list[dict], dict]:
+        groups, lr = finetune_param_groups(model, recipe)
+        return groups, {"lr": lr, "layer_decay": float(recipe["optim"]["layer_decay"])}

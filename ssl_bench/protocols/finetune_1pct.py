@@ -12,40 +12,31 @@ calls "1% FT".
 
 from __future__ import annotations
 
+from ..data.imagefolder import ImageFolderDataset
 from ..errors import UserError
-from . import PROTOCOLS, EvalContext, Protocol
-from ._common import open_classification
-from ._features import eval_transform, feature_spec
-from ._finetuning import (classifier_from_checkpoint, classifier_params, finetune_train_transform,
-                          run_finetuning)
+from . import PROTOCOLS
+from ._finetuning import FineTuning, classifier_params
 
 
 @PROTOCOLS.register("finetune_1pct")
-class FineTune1Pct(Protocol):
+class FineTune1Pct(FineTuning):
     """Fine-tune backbone + classifier on a subset file (Barlow Twins semi-supervised)."""
 
     name = "finetune_1pct"
 
-    def run(self, ctx: EvalContext) -> list[dict]:
-        from ..data import ImageFolderDataset
-
-        recipe = ctx.recipe
-        spec = feature_spec(ctx.checkpoint, recipe)
-        data = open_classification(ctx, recipe, eval_transform(recipe["transform"], spec.input_filter))
+    def train_set(self, data, recipe: dict, transform):
         subset_file = data.root / recipe["subset_file"]
         if not subset_file.is_file():
             raise UserError(f"{subset_file}: subset file missing (recipe key 'subset_file', SimCLR format: one "
                             "training file name per line)")
-        train = ImageFolderDataset.from_subset_file(data.root / recipe["train_split"], subset_file,
-                                                    finetune_train_transform(recipe, spec.input_filter))
-        model, kwargs = classifier_from_checkpoint(ctx.checkpoint, len(data.classes), recipe, spec.final_norm)
+        return ImageFolderDataset.from_subset_file(data.root / recipe["train_split"], subset_file, transform)
+
+    def param_groups(self, model, recipe: dict) -> tuple[list[dict], dict]:
         head, backbone = classifier_params(model)
         optim = recipe["optim"]
         wd = float(optim["weight_decay"])
         # Barlow Twins: param_groups = [classifier at lr_classifier, backbone at lr_backbone], no lr scaling
         groups = [{"params": head, "base_lr": float(optim["lr_classifier"]), "min_lr": 0.0, "weight_decay": wd},
                   {"params": backbone, "base_lr": float(optim["lr_backbone"]), "min_lr": 0.0, "weight_decay": wd}]
-        return run_finetuning(ctx, recipe, protocol=self.name, data=data, train_dataset=train, model=model,
-                              param_groups=groups, optimizer=optim["name"], spec=spec, model_kwargs=kwargs,
-                              extra={"subset_file": recipe["subset_file"], "lr_backbone": groups[1]["base_lr"],
-                                     "lr_classifier": groups[0]["base_lr"], "pool": recipe["head"]["pool"]})
+        return groups, {"subset_file": recipe["subset_file"], "lr_backbone": groups[1]["base_lr"],
+                        "lr_classifier": groups[0]["base_lr"]}

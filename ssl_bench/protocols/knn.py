@@ -4,12 +4,13 @@ Features are L2-normalised; for every test sample the k most cosine-similar trai
 samples vote for their class with weight exp(sim / T) (T = 0.07); the classes are ranked
 by their summed weight; top-1 and top-5 (top-5 counts the first min(5, k) classes).
 
-Exact search runs on faiss-cpu (or, with ``search_backend: torch``, a chunked torch matmul) (``IndexFlatIP`` through ``faiss.knn``) over chunks of the
-training set whose per-chunk top-k are merged in a ``faiss.ResultHeap``; queries are
-chunked too, so memory stays bounded for millions of training features. k is capped at
-the number of training samples. Ties in the class ranking (e.g. classes with no votes
-at all) are broken by the lower class index (a stable sort); the reference leaves that
-order to ``torch.sort``.
+The search is exact: ``faiss.knn`` (inner product, as ``IndexFlatIP``) over chunks of the
+training set whose per-chunk top-k are merged in a ``faiss.ResultHeap``, or with
+``search_backend: torch`` a chunked matmul whose per-chunk top-k are merged by another
+``topk``; queries are chunked too, so memory stays bounded for millions of training
+features. k is capped at the number of training samples. Ties in the class ranking (e.g.
+classes with no votes at all) are broken by the lower class index (a stable sort); the
+reference leaves that order to ``torch.sort``.
 """
 
 from __future__ import annotations

@@ -17,7 +17,22 @@ epochs), or with ``train_features: online`` pushes freshly augmented images thro
 frozen backbone every epoch (full fidelity, slow). Every head of the grid sees the same
 batches; val top-1 is measured after every epoch; the reported ``top1`` is the maximum
 over epochs (what every reference reports) at the best learning rate, ``top1_last`` the
-last epoch's. The best head is saved for robustness evaluation (``_heads.load_linear_head``).
+last epoch's. The best head is saved for robustness evaluation (``_classifiers``).
+
+A head is ``norm -> (optional L2 normalisation) -> Linear`` on frozen features, the
+variants the references use:
+
+    MAE main_linprobe.py   BatchNorm1d(affine=False, eps=1e-6) -> Linear (trunc-normal std 0.01)
+    DINO eval_linear.py    Linear (normal std 0.01, bias 0)
+    MSN linear_eval.py     LayerNorm -> L2 normalise -> Linear (normal std 0.01, bias 0)
+    MAE --global_pool      frozen fresh fc_norm (a LayerNorm at its init: no affine effect) -> BN
+                           -> Linear (``ln_bn``; SiameseIM's linear probe)
+    Barlow Twins evaluate  Linear (normal std 0.01, bias 0)
+
+``HeadGrid`` holds K independent heads (one per learning rate of the grid, each with its own
+parameters, so per-parameter rules like LARS's trust ratio act per head) and evaluates all
+of them in one batched forward: the parameter-free part of the norm is computed once, the
+K linear maps in one batched matmul.
 """
 
 from __future__ import annotations
@@ -25,19 +40,109 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.optim import Lars
+from torch import nn
 
-from ..engine import warmup_cosine
+from ..data.loading import make_loader
 from ..errors import UserError
 from ..progress import log, progress
+from ..schedules import warmup_cosine
 from . import PROTOCOLS, EvalContext, Protocol
-from ._common import open_classification, records_for, topk_correct, topk_hits
-from ._features import (eval_transform, feature_spec, forward_features, split_features,
-                        train_transform)
-from ._heads import HeadGrid, save_classifier
+from ._classifiers import save_classifier
+from ._common import open_classification, open_split, recipe_choice, records_for, topk_correct, topk_hits
+from ._features import eval_transform, feature_spec, forward_features, split_features, train_transform
 
 TRAIN_FEATURES = ("center", "augmented", "online")
 
 
+# ----- heads -------------------------------------------------------------------------------
+NORMS = ("none", "bn", "layernorm", "ln_bn")
+INITS = ("normal", "trunc_normal")
+
+
+class LinearHead(nn.Module):
+    """``norm -> [L2] -> Linear`` over (B, D) features."""
+
+    def __init__(self, dim: int, num_classes: int, norm: str = "none", l2_normalize: bool = False):
+        super().__init__()
+        if norm not in NORMS:
+            raise UserError(f"recipe key 'head.norm': unknown norm '{norm}'; valid: {', '.join(NORMS)}")
+        self.norm_kind, self.l2_normalize = norm, bool(l2_normalize)
+        if norm == "bn":
+            self.norm = nn.BatchNorm1d(dim, affine=False, eps=1e-6)  # MAE main_linprobe.py
+        elif norm == "ln_bn":
+            # MAE models_vit.py global_pool: fc_norm = LayerNorm(eps 1e-6), frozen at weight 1 / bias 0
+            self.norm = nn.Sequential(nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False),
+                                      nn.BatchNorm1d(dim, affine=False, eps=1e-6))
+        elif norm == "layernorm":
+            self.norm = nn.LayerNorm(dim)  # MSN linear_eval.py: torch default eps 1e-5
+        else:
+            self.norm = nn.Identity()
+        self.linear = nn.Linear(dim, num_classes)
+
+    def reset(self, init: str, std: float) -> None:
+        if init == "trunc_normal":
+            nn.init.trunc_normal_(self.linear.weight, std=std)  # MAE (after MoCo v3)
+        elif init == "normal":
+            nn.init.normal_(self.linear.weight, std=std)  # DINO, MSN, Barlow Twins
+        else:
+            raise UserError(f"recipe key 'head.init': unknown init '{init}'; valid: {', '.join(INITS)}")
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x.flatten(1))
+        if self.l2_normalize:
+            x = F.normalize(x, dim=-1)
+        return self.linear(x)
+
+
+class HeadGrid(nn.Module):
+    """K independent ``LinearHead``s over the same features, evaluated in one batched pass."""
+
+    def __init__(self, dim: int, num_classes: int, num_heads: int, *, norm: str = "none",
+                 l2_normalize: bool = False, init: str = "normal", init_std: float = 0.01):
+        super().__init__()
+        self.heads = nn.ModuleList(LinearHead(dim, num_classes, norm, l2_normalize) for _ in range(num_heads))
+        for head in self.heads:
+            head.reset(init, init_std)
+        self.norm_kind, self.l2_normalize = norm, l2_normalize
+        # the BN has no parameters (affine=False): one shared module gives every head the same statistics
+        self.shared_bn = nn.BatchNorm1d(dim, affine=False, eps=1e-6) if norm in ("bn", "ln_bn") else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D) features -> (K, B, C) logits."""
+        x = x.flatten(1)
+        if self.norm_kind == "ln_bn":
+            x = F.layer_norm(x, x.shape[-1:], eps=1e-6)
+        if self.shared_bn is not None:
+            x = self.shared_bn(x)
+        if self.norm_kind == "layernorm":
+            first = self.heads[0].norm
+            x = F.layer_norm(x, first.normalized_shape, eps=first.eps)  # the parameter-free part, once
+            weight = torch.stack([h.norm.weight for h in self.heads])[:, None]  # (K, 1, D)
+            bias = torch.stack([h.norm.bias for h in self.heads])[:, None]
+            x = x.unsqueeze(0) * weight + bias  # (K, B, D)
+        else:
+            x = x.unsqueeze(0).expand(len(self.heads), -1, -1)
+        if self.l2_normalize:
+            x = F.normalize(x, dim=-1)
+        weights = torch.stack([h.linear.weight for h in self.heads])  # (K, C, D)
+        biases = torch.stack([h.linear.bias for h in self.heads])[:, None]  # (K, 1, C)
+        return torch.baddbmm(biases, x, weights.transpose(1, 2))
+
+    def export(self, index: int) -> LinearHead:
+        """Head ``index`` as a stand-alone ``LinearHead`` (shared BN statistics copied in)."""
+        head = self.heads[index]
+        out = LinearHead(head.linear.in_features, head.linear.out_features, head.norm_kind, head.l2_normalize)
+        out.load_state_dict({k: v.detach().clone() for k, v in head.state_dict().items()}, strict=False)
+        if self.norm_kind == "bn":
+            out.norm.load_state_dict(self.shared_bn.state_dict())
+        elif self.norm_kind == "ln_bn":
+            out.norm[1].load_state_dict(self.shared_bn.state_dict())
+        return out.eval()
+
+
+# ----- training ----------------------------------------------------------------------------
 def build_optimizer(grid: HeadGrid, lrs: list[float], optim: dict) -> torch.optim.Optimizer:
     """One pair of parameter groups per head (matrices / the rest) at that head's lr."""
     name = optim["name"]
@@ -53,8 +158,6 @@ def build_optimizer(grid: HeadGrid, lrs: list[float], optim: dict) -> torch.opti
             groups.append({"params": others, "lr": lr, "base_lr": lr, "weight_decay": wd_other,
                            "always_adapt": False})
     if name == "lars":
-        from timm.optim import Lars
-
         # MAE util/lars.py: trust coefficient 0.001, momentum 0.9, no adaptation of 1-D params
         return Lars(groups, lr=lrs[0], momentum=optim["momentum"], trust_coeff=optim["trust_coeff"])
     if name == "sgd":
@@ -160,10 +263,10 @@ class _OnlineBatches:
     """Freshly augmented images through the frozen backbone (``train_features: online``)."""
 
     def __init__(self, ctx, dataset, spec, recipe, generator):
-        self.loader = torch.utils.data.DataLoader(
-            dataset, batch_size=int(recipe["train_batch_size"]), shuffle=True, generator=generator,
-            drop_last=bool(recipe["drop_last"]) and len(dataset) >= int(recipe["train_batch_size"]),
-            num_workers=int(recipe["num_workers"]))
+        batch = int(recipe["train_batch_size"])
+        self.loader = make_loader(dataset, batch, shuffle=True, generator=generator,
+                                  drop_last=bool(recipe["drop_last"]) and len(dataset) >= batch,
+                                  workers=int(recipe["num_workers"]))
         self.ctx, self.spec, self.bf16 = ctx, spec, bool(recipe["bf16"])
 
     def __len__(self):
@@ -192,9 +295,7 @@ class Linear(Protocol):
 
     def run(self, ctx: EvalContext) -> list[dict]:
         recipe = ctx.recipe
-        mode = recipe["train_features"]
-        if mode not in TRAIN_FEATURES:
-            raise UserError(f"recipe key 'train_features': unknown value '{mode}'; valid: {', '.join(TRAIN_FEATURES)}")
+        mode = recipe_choice(recipe, "train_features", TRAIN_FEATURES)
         spec = feature_spec(ctx.checkpoint, recipe)
         tcfg = recipe["transform"]
         data = open_classification(ctx, recipe, eval_transform(tcfg, spec.input_filter))
@@ -207,8 +308,6 @@ class Linear(Protocol):
             n_train = len(train)
             epoch_batches = lambda epoch: _FeatureBatches(train.features, train.labels, bs, drop_last, generator)  # noqa: E731
         else:
-            from ._common import open_split
-
             augmented = open_split(data.root, recipe["train_split"], train_transform(tcfg, spec.input_filter))
             n_train = len(augmented)
             if mode == "online":

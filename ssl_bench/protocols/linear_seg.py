@@ -31,11 +31,16 @@ import torchvision.transforms.functional as TF
 from torch import nn
 from torch.nn import functional as F
 
+from ..data.ade20k import ADE20kSegmentation
+from ..data.coco import CocoDetection
+from ..data.resolve import dataset_name, resolve
 from ..errors import UserError
-from ..metrics.segmentation import IGNORE_INDEX, IoUAccumulator
+from ..metrics.segmentation import IGNORE_INDEX, IoUAccumulator, reduce_zero_label
 from ..progress import progress
+from ..schedules import lr_factor
 from . import PROTOCOLS, EvalContext, Protocol
-from ._dense import block_indices, require_vit
+from ._common import recipe_choice
+from ._patches import block_indices, require_vit
 
 
 # ----- data ------------------------------------------------------------------------------------
@@ -43,8 +48,6 @@ class CocoSemantic(torch.utils.data.Dataset):
     """(image, label) with semantic labels derived from COCO instances (see the module docstring)."""
 
     def __init__(self, root: Path, split: str, reduce_zero_label: bool):
-        from ..data.coco import CocoDetection
-
         self.inner = CocoDetection.from_root(root, split)
         self.reduce_zero_label = reduce_zero_label
         self.num_classes = self.inner.num_classes + (0 if reduce_zero_label else 1)
@@ -64,15 +67,12 @@ class CocoSemantic(torch.utils.data.Dataset):
             if int(target["iscrowd"][k]) == 1:
                 label[masks[k]] = IGNORE_INDEX
         if self.reduce_zero_label:
-            from ..metrics.segmentation import reduce_zero_label
             label = reduce_zero_label(label)
         return image, torch.from_numpy(label)
 
 
 def open_split(root: Path, fmt: str, split: str, reduce_zero: bool):
     if fmt == "ade20k":
-        from ..data.ade20k import ADE20kSegmentation
-
         return ADE20kSegmentation(root, split, reduce_zero_label=reduce_zero)
     return CocoSemantic(root, split, reduce_zero)
 
@@ -98,14 +98,6 @@ def block_features(backbone, images: torch.Tensor, blocks: list[int]) -> torch.T
     maps = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
             for m in maps]
     return torch.cat(maps, dim=1).float()
-
-
-def lr_factor(it: int, total: int, warmup: int, power: float, warmup_ratio: float) -> float:
-    """Linear warm-up (from ``warmup_ratio``) then poly decay to 0 (mmseg LinearLR + PolyLR)."""
-    poly = (1 - it / total) ** power
-    if it < warmup:
-        return poly * (warmup_ratio + (1 - warmup_ratio) * it / warmup)
-    return poly
 
 
 def eval_size(h: int, w: int, short: int, patch: int) -> tuple[int, int]:
@@ -143,12 +135,8 @@ class LinearSegmentation(Protocol):
     name = "linear_seg"
 
     def run(self, ctx: EvalContext) -> list[dict]:
-        from ..data.resolve import dataset_name, resolve
-
         cfg = ctx.recipe
-        fmt = cfg["dataset"]
-        if fmt not in ("ade20k", "coco"):
-            raise UserError(f"recipe key 'dataset': {fmt!r} is not one of ade20k, coco")
+        fmt = recipe_choice(cfg, "dataset", ("ade20k", "coco"))
         reduce_zero = cfg["reduce_zero_label"]
         if reduce_zero in (None, "auto"):
             reduce_zero = fmt == "ade20k"
@@ -184,6 +172,9 @@ class LinearSegmentation(Protocol):
         opt = torch.optim.AdamW(head.parameters(), lr=float(cfg["lr"]), betas=betas,
                                 weight_decay=float(cfg["weight_decay"]))
         total, batch = int(cfg["iterations"]), int(cfg["batch_size"])
+        # mmseg LinearLR warm-up then PolyLR to 0
+        schedule = {"kind": "poly", "warmup_iters": int(cfg["warmup_iters"]),
+                    "warmup_ratio": float(cfg["warmup_ratio"]), "power": float(cfg["poly_power"])}
         order = rng.permutation(n_train)
         pos = 0
         head.train()
@@ -201,8 +192,7 @@ class LinearSegmentation(Protocol):
                 x = block_features(backbone, imgs, blocks)
                 y = torch.stack([p[1] for p in pairs]).to(ctx.device)
             for group in opt.param_groups:
-                group["lr"] = float(cfg["lr"]) * lr_factor(it, total, int(cfg["warmup_iters"]),
-                                                           float(cfg["poly_power"]), float(cfg["warmup_ratio"]))
+                group["lr"] = float(cfg["lr"]) * lr_factor(it, schedule, total)
             logits = F.interpolate(head(x), size=y.shape[-2:], mode="bilinear", align_corners=False)
             loss = F.cross_entropy(logits, y.long(), ignore_index=IGNORE_INDEX)
             opt.zero_grad(set_to_none=True)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
+from ..data import ImageFolderDataset
 from ..errors import UserError
 from ..progress import log, progress
 from . import PROTOCOLS, EvalContext, Protocol
@@ -68,8 +69,6 @@ class LowShot(Protocol):
     name = "lowshot"
 
     def run(self, ctx: EvalContext) -> list[dict]:
-        from ..data import ImageFolderDataset
-
         recipe = ctx.recipe
         spec = feature_spec(ctx.checkpoint, recipe)
         tcfg = recipe["transform"]

@@ -1,6 +1,7 @@
 """Zero-shot prompt segmentation and the intra-/inter-object similarity analysis (MMC paper).
 
-Paper: "MMC" (shared/papers/mmc.txt), Section "Zero-shot Segmentation from Prompts", Table 1
+Paper: MMC (Wu et al., "Masked Momentum Contrastive Learning for Zero-shot Semantic
+Understanding"), Section "Zero-shot Segmentation from Prompts", Table 1
 (COCO mIoU at thresholds 0.1-0.4 and the optimal threshold of a sweep 0 -> 0.9) and Table 5
 (means of the intra- and inter-object similarity distributions and their overlap area).
 
@@ -48,23 +49,19 @@ import torchvision.transforms.functional as TF
 from scipy.ndimage import distance_transform_edt
 from torch.nn import functional as F
 
+from ..data.coco import CocoDetection
+from ..data.resolve import dataset_name, resolve
 from ..errors import UserError
 from ..progress import progress
 from . import PROTOCOLS, EvalContext, Protocol
-from ._dense import dense_features, layer_spec, require_vit
+from ._common import recipe_choice
+from ._patches import dense_features, layer_spec, require_vit
 
 PROMPTS = ("interior", "max_overlap", "random")
 UPSAMPLE = ("mask", "similarity")
 MIOU = ("per_class", "per_instance")
 THRESHOLD_MODES = ("dataset", "image")
 BACKGROUND = ("inter_only", "exclude", "category")
-
-
-def _choice(cfg: dict, key: str, valid: tuple[str, ...]) -> str:
-    value = cfg[key]
-    if value not in valid:
-        raise UserError(f"recipe key '{key}': {value!r} is not one of {', '.join(valid)}")
-    return value
 
 
 def token_index(coords: np.ndarray, size: int, tokens: int) -> np.ndarray:
@@ -253,13 +250,10 @@ class PromptSegmentation(Protocol):
     name = "prompt_seg"
 
     def run(self, ctx: EvalContext) -> list[dict]:
-        from ..data.coco import CocoDetection
-        from ..data.resolve import dataset_name, resolve
-
         cfg = ctx.recipe
         for key, valid in (("prompt", PROMPTS), ("upsample", UPSAMPLE), ("miou", MIOU),
                            ("threshold_mode", THRESHOLD_MODES), ("background", BACKGROUND)):
-            _choice(cfg, key, valid)
+            recipe_choice(cfg, key, valid)
         backbone = ctx.checkpoint.backbone.to(ctx.device).eval()
         require_vit(backbone, "prompt_seg")
         layer = layer_spec(cfg["layer"], backbone.depth)

@@ -1,7 +1,7 @@
 """Robustness of a checkpoint's classifier: ImageNet-A, ImageNet-R, ImageNet-Sketch, ImageNet-C.
 
 The classifier is the linear-probe head or the fine-tuned network saved for this checkpoint by the
-``linear`` / ``finetune`` protocols (``<results>/heads/<sha256>/``, ``_heads.load_classifier``),
+``linear`` / ``finetune`` protocols (``<results>/heads/<sha256>/``, ``load_classifier``),
 applied with the feature conventions and eval transform stored with it. When none is saved and
 ``train_if_missing`` is true, the linear probe is trained first (the ``linear`` protocol's package
 defaults, overridden by this recipe's ``linear`` mapping, on the clean train set of ``dataset``),
@@ -29,28 +29,52 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
+from ..data.imagefolder import ImageNetC, ImageNetVariant
+from ..data.loading import make_loader
+from ..data.resolve import dataset_name, resolve
 from ..errors import UserError
+from ..filters import normalise_filter
 from ..metrics.robustness import corruption_errors, mce, mean_errors
 from ..progress import log, progress
 from ..recipes import load_defaults, merge
 from . import PROTOCOLS, EvalContext, Protocol
+from ._classifiers import classifier_dir, list_classifiers, read_classifier
+from ._features import FeatureSpec, eval_transform, split_features
+from ._finetuning import build_classifier
+from .linear import Linear, LinearHead
 
 VARIANTS = ("imagenet-a", "imagenet-r", "imagenet-sketch", "imagenet-c")
 
 
 def dataset_root(ctx: EvalContext, cfg: dict, fmt: str) -> Path:
     """The folder of ``fmt``: ``roots[fmt]`` (relative to --data) when given, else found under --data."""
-    from ..data.resolve import resolve
-
     given = cfg["roots"].get(fmt)
     return resolve(Path(ctx.data) / given if given else Path(ctx.data), fmt)
 
 
+def load_classifier(results_dir: Path, sha256: str, name: str | None = None) -> tuple[nn.Module, dict]:
+    """A saved classifier of the checkpoint with this sha256 and its metadata (``_classifiers``).
+
+    Linear heads come back as ``LinearHead`` (input: features as described by
+    ``meta['feature_spec']`` and ``meta['transform']``); fine-tuned networks as the timm
+    classifier (input: images).
+    """
+    state, meta = read_classifier(results_dir, sha256, name)
+    if meta.get("kind") == "linear":
+        module = LinearHead(meta["dim"], meta["num_classes"], meta["norm"], meta["l2_normalize"])
+    elif meta.get("kind") == "finetuned":
+        module = build_classifier(meta["arch"], meta["num_classes"], **meta["model_kwargs"])
+    else:
+        raise UserError(f"{classifier_dir(results_dir, sha256)}/{meta.get('name')}.json: unknown classifier "
+                        f"kind {meta.get('kind')!r}")
+    module.load_state_dict(state)
+    return module.eval(), meta
+
+
 def _classifier(ctx: EvalContext, cfg: dict):
     """(module, meta, trained_here) for this checkpoint."""
-    from ._heads import list_classifiers, load_classifier
-
     sha = ctx.checkpoint.sha256
     wanted = cfg["classifier"]
     names = list_classifiers(ctx.results_dir, sha)
@@ -66,9 +90,6 @@ def _classifier(ctx: EvalContext, cfg: dict):
     if not cfg["train_if_missing"]:
         raise UserError(f"no classifier saved for {ctx.checkpoint.label} under {ctx.results_dir}/heads; run "
                         "'ssl-bench eval --protocol linear' first or set train_if_missing: true")
-    from ._heads import load_linear_head
-    from .linear import Linear
-
     recipe = merge(load_defaults("protocols/linear"), {"dataset": cfg["dataset"], **cfg["linear"]},
                    "robustness recipe key 'linear'")
     recipe["save_head"] = True
@@ -76,15 +97,13 @@ def _classifier(ctx: EvalContext, cfg: dict):
         f"(variant {recipe['variant']}) on the clean {cfg['dataset']} train split first")
     clean = dataset_root(ctx, cfg, cfg["dataset"])
     Linear().run(EvalContext(ctx.checkpoint, clean, recipe, ctx.results_dir, ctx.device))
-    return (*load_linear_head(ctx.results_dir, sha, recipe["variant"]), True)
+    return (*load_classifier(ctx.results_dir, sha, f"linear-{recipe['variant']}"), True)
 
 
 class _Scorer:
     """Logits of a dataset under the classifier (linear head on cached features, or a network)."""
 
     def __init__(self, ctx: EvalContext, cfg: dict, module, meta: dict):
-        from ._features import FeatureSpec, eval_transform, normalise_filter
-
         spec = meta["feature_spec"]
         self.spec = FeatureSpec(spec["feature"], bool(spec["final_norm"]),
                                 normalise_filter(spec.get("input_filter")))
@@ -97,8 +116,6 @@ class _Scorer:
     @torch.no_grad()
     def logits(self, dataset, desc: str) -> tuple[np.ndarray, np.ndarray]:
         """(N, classes) logits and (N,) labels (the dataset's own label indices)."""
-        from ._features import split_features
-
         if self.meta.get("kind") == "linear":
             feats = split_features(self.ctx, dataset, split=desc, spec=self.spec, transform_cfg=self.transform_cfg,
                                    recipe=self.cfg)
@@ -107,8 +124,7 @@ class _Scorer:
                 x = torch.from_numpy(np.array(feats.features[start:start + 4096], np.float32)).to(self.ctx.device)
                 out.append(self.module(x).float().cpu().numpy())
             return np.concatenate(out) if out else np.zeros((0, len(self.classes))), np.asarray(feats.labels)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=int(self.cfg["batch_size"]),
-                                             num_workers=int(self.cfg["num_workers"]))
+        loader = make_loader(dataset, int(self.cfg["batch_size"]), workers=int(self.cfg["num_workers"]))
         out, labels = [], []
         for images, y in progress(loader, desc=desc, unit="batch"):
             out.append(self.module(images.to(self.ctx.device)).float().cpu().numpy())
@@ -145,9 +161,6 @@ class Robustness(Protocol):
     name = "robustness"
 
     def run(self, ctx: EvalContext) -> list[dict]:
-        from ..data.imagefolder import ImageNetC, ImageNetVariant
-        from ..data.resolve import dataset_name
-
         cfg = ctx.recipe
         unknown = [d for d in cfg["datasets"] if d not in VARIANTS]
         if unknown or not cfg["datasets"]:

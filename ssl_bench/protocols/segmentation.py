@@ -9,10 +9,10 @@ window (``test.crop_size`` / ``test.stride``), logits resized to the original si
 mIoU exactly as mmseg ``IoUMetric`` (``ssl_bench.metrics.segmentation``).
 
 Backends (``backend``): ``default`` needs no compiled extension (segmentation-models-pytorch's
-``UPerNetDecoder`` + our neck, ``ssl_bench.dense.upernet``); ``mmseg`` builds mmseg's
+``UPerNetDecoder`` + our neck, ``ssl_bench.protocols._dense.upernet``); ``mmseg`` builds mmseg's
 ``EncoderDecoder`` (Feature2Pyramid + UPerHead + FCNHead) from a generated config with our
 backbone registered as its backbone, trains it with the same optimiser/schedule/pipeline, runs
-mmseg's own slide inference and scores with mmseg's ``IoUMetric`` (``ssl_bench.dense.mm``).
+mmseg's own slide inference and scores with mmseg's ``IoUMetric`` (``ssl_bench.protocols._dense.mm``).
 """
 
 from __future__ import annotations
@@ -21,20 +21,26 @@ import itertools
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import RandomSampler
 
+from ..data.ade20k import ADE20kSegmentation
+from ..data.loading import make_loader
+from ..data.resolve import dataset_name, resolve
 from ..errors import UserError
-from ..progress import log, progress
+from ..metrics.segmentation import IoUAccumulator
+from ..progress import log
+from ..seeding import seed_everything
 from . import PROTOCOLS, EvalContext, Protocol
-from ._common import records_for
+from ._common import recipe_choice, records_for
+from ._dense.common import train_iterations, trainable_backbone
+from ._dense.mm import MMSegBackend
+from ._dense.transforms import SegTestTransform, SegTrainTransform
+from ._dense.upernet import UperNet, predict_dataset, seg_loss
 
 BACKENDS = ("default", "mmseg")
 
 
 def open_ade20k(ctx_data: Path, recipe: dict, train_transform, test_transform):
-    from ..data.ade20k import ADE20kSegmentation
-    from ..data.resolve import dataset_name, resolve
-
     fmt = recipe["dataset"]
     root = resolve(Path(ctx_data), fmt)
     name = dataset_name(Path(ctx_data), fmt)
@@ -49,9 +55,8 @@ def infinite_batches(dataset, batch_size: int, seed: int, num_workers: int = 0):
     if batch_size < 2:
         raise UserError(f"recipe key 'batch_size': {batch_size}; UperNet's BatchNorm layers need at least 2")
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=RandomSampler(dataset, generator=generator),
-                        num_workers=num_workers, drop_last=len(dataset) >= batch_size,
-                        worker_init_fn=_reseed_worker)
+    loader = make_loader(dataset, batch_size, sampler=RandomSampler(dataset, generator=generator), workers=num_workers,
+                         drop_last=len(dataset) >= batch_size, worker_init_fn=_reseed_worker)
     for epoch in itertools.count():
         yield from loader
 
@@ -64,13 +69,11 @@ def _reseed_worker(worker_id: int) -> None:
 
 
 class DefaultSegBackend:
-    """UperNet from ``ssl_bench.dense.upernet`` (no compiled extension)."""
+    """UperNet from ``ssl_bench.protocols._dense.upernet`` (no compiled extension)."""
 
     name = "default"
 
     def __init__(self, backbone, num_classes: int, recipe: dict):
-        from ..dense.upernet import UperNet
-
         self.model = UperNet(backbone, num_classes, recipe["model"])
         self.aux_weight = float(recipe["model"]["aux_weight"])
         self.num_classes = num_classes
@@ -82,8 +85,6 @@ class DefaultSegBackend:
         self.model.train(mode)
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        from ..dense.upernet import seg_loss
-
         out, aux = self.model(images)
         loss = seg_loss(out, labels)
         if aux is not None:
@@ -91,9 +92,6 @@ class DefaultSegBackend:
         return loss
 
     def evaluate(self, dataset, recipe: dict) -> dict:
-        from ..dense.upernet import predict_dataset
-        from ..metrics.segmentation import IoUAccumulator
-
         acc = IoUAccumulator(self.num_classes)  # labels arrive reduced by the dataset
         for pred, label in predict_dataset(self.model.logits, dataset, self.num_classes, recipe["test"]):
             acc.update(pred.numpy(), label.numpy())
@@ -105,39 +103,16 @@ def build_backend(backbone, num_classes: int, recipe: dict):
     if backend == "default":
         return DefaultSegBackend(backbone, num_classes, recipe)
     if backend == "mmseg":
-        from ..dense.mm import MMSegBackend
-
         return MMSegBackend(backbone, num_classes, recipe)
     raise UserError(f"recipe key 'backend': {backend!r}; valid: {', '.join(BACKENDS)}")
 
 
 def train_segmentation(backend, backbone, dataset, recipe: dict, device: torch.device) -> list[float]:
-    """Iteration-based training; returns the loss of every iteration."""
-    from ..dense.common import build_adamw, check_finite, layer_decay_groups, lr_factor, set_lr
-
-    optim, sched = recipe["optim"], recipe["schedule"]
-    iters = int(sched["iters"])
-    groups = layer_decay_groups(backbone, backend.heads(), weight_decay=float(optim["weight_decay"]),
-                                layer_decay=float(optim["layer_decay"]))
-    optimizer = build_adamw(groups, optim)
-    batches = infinite_batches(dataset, int(recipe["batch_size"]), int(recipe["seed"]), int(recipe["num_workers"]))
-    backend.train(True)
-    losses = []
-    bar = progress(range(iters), desc=f"train upernet ({backend.name})", unit="it")
-    for it in bar:
-        set_lr(optimizer, float(optim["lr"]), lr_factor(it, sched, iters))
-        images, labels = next(batches)
-        images, labels = images.to(device), labels.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(recipe["bf16"])):
-            loss = backend.loss(images, labels)
-        check_finite(loss, it, "segmentation training")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    backend.train(False)
-    return losses
+    """Iteration-based training on seeded random batches; returns the loss of every iteration."""
+    batches = ((images.to(device), labels.to(device)) for images, labels in
+               infinite_batches(dataset, int(recipe["batch_size"]), int(recipe["seed"]), int(recipe["num_workers"])))
+    return train_iterations(backend, backbone, batches, recipe, device, what="segmentation training",
+                            desc=f"train upernet ({backend.name})")
 
 
 @PROTOCOLS.register("segmentation")
@@ -147,17 +122,12 @@ class Segmentation(Protocol):
     name = "segmentation"
 
     def run(self, ctx: EvalContext) -> list[dict]:
-        from ..dense.common import seed_all, set_drop_path, trainable_backbone
-        from ..dense.transforms import SegTestTransform, SegTrainTransform
-
         recipe = ctx.recipe
-        if recipe["backend"] not in BACKENDS:
-            raise UserError(f"recipe key 'backend': {recipe['backend']!r}; valid: {', '.join(BACKENDS)}")
-        seed_all(int(recipe["seed"]))
+        recipe_choice(recipe, "backend", BACKENDS)
+        seed_everything(int(recipe["seed"]))
         name, train, val = open_ade20k(ctx.data, recipe, SegTrainTransform(recipe["train_pipeline"], int(recipe["seed"])),
                                        SegTestTransform(recipe["test"]))
-        backbone = trainable_backbone(ctx.checkpoint)
-        set_drop_path(backbone, float(recipe["model"]["drop_path"]))
+        backbone = trainable_backbone(ctx.checkpoint, float(recipe["model"]["drop_path"]))
         backend = build_backend(backbone, train.num_classes, recipe)
         if hasattr(backend, "to"):
             backend.to(ctx.device)

@@ -9,7 +9,7 @@ import torch
 from ssl_bench.backbones import Backbone
 from ssl_bench.export import map_state_dict
 from test_protocols_detection import write_fixture
-from test_protocols_segmentation import fixed_batch, held_out_loss, small_recipe, write_ade
+from test_protocols_segmentation import short_training, small_recipe, write_ade
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +56,10 @@ def test_openmmlab_resnet_loads_the_export_strictly(stack):
         assert torch.allclose(a, b, atol=1e-4)
 
 
-def test_both_segmentation_backends_score_fixed_predictions_the_same(ade_root):
-    import ssl_bench.dense.upernet as up
+def test_both_segmentation_backends_score_fixed_predictions_the_same(ade_root, monkeypatch):
+    import ssl_bench.protocols.segmentation as seg
     from ssl_bench.data.ade20k import ADE20kSegmentation
-    from ssl_bench.dense.mm import MMSegBackend
+    from ssl_bench.protocols._dense.mm import MMSegBackend
     from ssl_bench.protocols.segmentation import DefaultSegBackend
 
     val = ADE20kSegmentation(ade_root / "ADEChallengeData2016", "validation")
@@ -69,12 +69,8 @@ def test_both_segmentation_backends_score_fixed_predictions_the_same(ade_root):
     preds = [torch.where(torch.from_numpy(rng.random(l.shape) < 0.3), torch.from_numpy(rng.integers(0, 5, l.shape)),
                          l.clamp(0, 4)) for l in labels]
     default = DefaultSegBackend(Backbone("vit_tiny_patch16_224"), val.num_classes, recipe)
-    original = up.predict_dataset
-    up.predict_dataset = lambda *a, **k: iter(zip(preds, labels))
-    try:
-        a = default.evaluate(val, recipe)
-    finally:
-        up.predict_dataset = original
+    monkeypatch.setattr(seg, "predict_dataset", lambda *a, **k: iter(zip(preds, labels)))  # the name it calls
+    a = default.evaluate(val, recipe)
     mm = MMSegBackend(Backbone("vit_tiny_patch16_224"), val.num_classes, recipe)
     queue = iter(preds)
     mm.predict_one = lambda image, shape: next(queue)
@@ -86,24 +82,15 @@ def test_both_segmentation_backends_score_fixed_predictions_the_same(ade_root):
 
 def test_mmseg_short_training_lowers_the_loss_and_predicts(ade_root):
     from ssl_bench.data.ade20k import ADE20kSegmentation
-    from ssl_bench.dense.common import seed_all
-    from ssl_bench.dense.mm import MMSegBackend
-    from ssl_bench.dense.transforms import SegTestTransform, SegTrainTransform
-    from ssl_bench.protocols.segmentation import train_segmentation
+    from ssl_bench.protocols._dense.mm import MMSegBackend
+    from ssl_bench.protocols._dense.transforms import SegTestTransform
 
     recipe = small_recipe()
     # more steps than the default backend's test: mmseg's heads hold BatchNorm running statistics
     # (momentum 0.1) that the held-out loss in eval mode reads, so 10 steps show no trend yet
     recipe["optim"]["lr"] = 5e-3
     recipe["schedule"].update(iters=40, warmup_iters=1)
-    seed_all(0)
-    backbone = Backbone("vit_tiny_patch16_224")
-    train = ADE20kSegmentation(ade_root / "ADEChallengeData2016", "training", SegTrainTransform(recipe["train_pipeline"]))
-    backend = MMSegBackend(backbone, train.num_classes, recipe)
-    batch = fixed_batch(ade_root, recipe)
-    before = held_out_loss(backend, batch)
-    losses = train_segmentation(backend, backbone, train, recipe, torch.device("cpu"))
-    after = held_out_loss(backend, batch)
+    backend, train, losses, before, after = short_training(ade_root, recipe, MMSegBackend)
     assert len(losses) == 40 and after < 0.95 * before
     val = ADE20kSegmentation(ade_root / "ADEChallengeData2016", "validation", SegTestTransform(recipe["test"]))
     image, label = val[0]

@@ -24,7 +24,7 @@ workers. The generated sets are reported as ``embedded-*`` (``embedded-c`` for t
 the names of the real datasets.
 """
 
-from ssl_bench.data.embedded.prepare import (GENERATOR_VERSION, load_profile, prepare, prepare_if_needed,
-                                             profile_names)
+from ..common import profile_names
+from .prepare import GENERATOR_VERSION, load_profile, prepare, prepare_if_needed
 
 __all__ = ["prepare", "prepare_if_needed", "load_profile", "profile_names", "GENERATOR_VERSION"]

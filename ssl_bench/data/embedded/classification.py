@@ -8,9 +8,9 @@ One object per image on a crop of a skimage.data photo or texture.
 
 from __future__ import annotations
 
-from ssl_bench.data.common import write_lines
-from ssl_bench.data.embedded.compose import rng_for, save_jpeg
-from ssl_bench.data.embedded.context import Context, get_context, run_tasks
+from ..common import write_lines
+from .compose import rng_for, save_jpeg
+from .context import Context, get_context, run_tasks
 
 SUBFOLDER = "imagenet"
 _FM_SPLIT = {"train": "train", "val": "test"}

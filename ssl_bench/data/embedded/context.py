@@ -15,9 +15,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ssl_bench.data.embedded.compose import Sprite, background, make_sprite, paste
-from ssl_bench.data.embedded.sources import FashionMNIST
-from ssl_bench.progress import progress
+from ...progress import progress
+from .compose import Sprite, background, make_sprite, paste
+from .sources import FashionMNIST
 
 
 @dataclass

@@ -16,9 +16,9 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from skimage.measure import approximate_polygon, find_contours
 
-from ssl_bench.data.common import write_json
-from ssl_bench.data.embedded.compose import rng_for, save_jpeg
-from ssl_bench.data.embedded.context import Context, get_context, run_tasks, slug
+from ..common import write_json
+from .compose import rng_for, save_jpeg
+from .context import Context, get_context, run_tasks, slug
 
 COCO_SUBFOLDER = "coco"
 LVIS_SUBFOLDER = "lvis"

@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import copy
-import os
 import shutil
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import yaml
 
-from ssl_bench.data.common import MANIFEST_NAME, read_manifest, write_json
-from ssl_bench.data.embedded import classification, detection, robustness, segmentation, video
-from ssl_bench.data.embedded.context import Context, set_context
-from ssl_bench.data.embedded.sources import backgrounds_record, load_backgrounds, load_fashion_mnist
-from ssl_bench.data.resolve import EMBEDDED_NAMES, FORMATS
-from ssl_bench.errors import UserError
-from ssl_bench.progress import log
+from ...errors import UserError
+from ...progress import log
+from ...recipes import deep_update
+from ..check import VALIDATORS
+from ..common import MANIFEST_NAME, PROFILE_DIR, default_workers, profile_names, read_manifest, write_json
+from ..resolve import EMBEDDED_NAMES, FORMATS
+from . import classification, detection, robustness, segmentation, video
+from .context import Context, set_context
+from .sources import backgrounds_record, load_backgrounds, load_fashion_mnist
 
 #: Bump when the generator's output changes for the same profile and seed.
 GENERATOR_VERSION = "1"
-
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
 
 #: Every sub-folder a prepared tree may hold (cleared before regenerating into the same root).
 SUBFOLDERS = ("imagenet", "coco", "lvis", "ADEChallengeData2016", "DAVIS", "imagenet-c", "imagenet-r",
@@ -29,17 +27,6 @@ SUBFOLDERS = ("imagenet", "coco", "lvis", "ADEChallengeData2016", "DAVIS", "imag
 
 _LIBRARIES = ("numpy", "Pillow", "scikit-image", "scipy", "opencv-python", "imagecorruptions-imaug",
               "pycocotools")
-
-
-def profile_names() -> list[str]:
-    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml") if p.stem != "base")
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
 
 
 def load_profile(name: str) -> dict:
@@ -50,7 +37,7 @@ def load_profile(name: str) -> dict:
         base = yaml.safe_load(f)
     with open(PROFILE_DIR / f"{name}.yaml", encoding="utf-8") as f:
         over = yaml.safe_load(f) or {}
-    return _merge(base, over)
+    return deep_update(base, over)
 
 
 def _libraries() -> dict[str, str]:
@@ -61,13 +48,6 @@ def _libraries() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "absent"
     return out
-
-
-def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def _check_root(root: Path) -> bool:
@@ -147,7 +127,6 @@ def prepare(root: str | Path, profile: str = "tiny", seed: int | None = None, wo
     }
     write_json(root / MANIFEST_NAME, manifest)
     if check:
-        from ssl_bench.data.check import VALIDATORS
         bad = []
         for fmt in FORMATS:
             bad.extend(VALIDATORS[fmt](root / sets[fmt]["subfolder"]))

@@ -20,9 +20,9 @@ from PIL import Image, ImageFilter, ImageOps
 from scipy import ndimage
 from skimage.filters import sobel
 
-from ssl_bench.data.common import fmt_config, sorted_files
-from ssl_bench.data.embedded.compose import int_seed, paste, rng_for, save_jpeg
-from ssl_bench.data.embedded.context import Context, get_context, run_tasks
+from ..common import fmt_config, sorted_files
+from .compose import int_seed, paste, rng_for, save_jpeg
+from .context import Context, get_context, run_tasks
 
 # ----------------------------------------------------------------------------------------------- ImageNet-C
 
@@ -65,8 +65,9 @@ def _corrupt_task(task) -> None:
 
 
 def generate_c(c: Context, workers: int, val_root) -> dict:
-    import imagecorruptions  # noqa: F401 - fail early if missing
     from importlib.metadata import version
+
+    import imagecorruptions  # noqa: F401 - fail early if missing
     per_class = int(c.profile["imagenet_c"]["per_class"])
     tasks = []
     for k, wnid in enumerate(c.wnids):

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ssl_bench.data.common import fmt_config
-from ssl_bench.data.embedded.compose import paste, rng_for, save_jpeg, save_png
-from ssl_bench.data.embedded.context import Context, get_context, run_tasks
+from ..common import fmt_config
+from .compose import paste, rng_for, save_jpeg, save_png
+from .context import Context, get_context, run_tasks
 
 _FM_SPLIT = {"training": "train", "validation": "test"}
 _PREFIX = {"training": "ADE_train", "validation": "ADE_val"}

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ssl_bench.errors import UserError
-from ssl_bench.progress import log
+from ...errors import UserError
+from ...progress import log
 
 ENV_DIR = "SSL_BENCH_FASHION_MNIST"
 
@@ -114,7 +114,7 @@ def load_fashion_mnist(cfg: dict) -> FashionMNIST:
 
 def load_backgrounds(cfg: dict) -> dict[str, np.ndarray]:
     """name -> uint8 image (H, W) or (H, W, 3) from skimage.data (offline images only)."""
-    import skimage
+    import skimage  # heavy: only the data generator loads it
     import skimage.data
     out = {}
     for name in cfg["backgrounds"]:

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ssl_bench.data.common import fmt_config, write_lines
-from ssl_bench.data.davis import write_mask
-from ssl_bench.data.embedded.compose import paste, rng_for, save_jpeg
-from ssl_bench.data.embedded.context import Context, get_context, run_tasks, slug
+from ..common import fmt_config, write_lines
+from ..davis import write_mask
+from .compose import paste, rng_for, save_jpeg
+from .context import Context, get_context, run_tasks, slug
 
 _FM_SPLIT = {"train": "train", "val": "test"}
 

@@ -1,0 +1,145 @@
+"""One training step of a method, shared by the engine and ``ssl-bench bench pretrain``:
+per-step schedules applied, forward under autocast, the non-finite check, backward, gradient
+clipping, the optimiser step and the EMA update of the teachers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from timm.optim import Lars
+
+from ..distributed import is_distributed
+from ..errors import UserError
+from ..methods import Method
+from ..schedules import momentum_at, warmup_cosine
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN/inf; the run folder keeps its last good state."""
+
+    exit_code = 3
+
+
+class Schedules:
+    """lr, weight decay and momentum of optimiser step ``step`` (0-based)."""
+
+    def __init__(self, recipe: dict, ipe: int):
+        o = recipe["optim"]
+        self.optim, self.ema = o, recipe["ema"]
+        self.total = o["epochs"] * ipe
+        self.horizon = int(o["ipe_scale"] * o["epochs"] * ipe)
+        self.warmup = int(o["warmup_epochs"] * ipe)
+
+    def lr(self, step: int) -> float:
+        o = self.optim
+        return warmup_cosine(step + o["step_offset"], base=o["lr"], final=o["min_lr"], start=o["start_lr"],
+                             warmup_steps=self.warmup, total_steps=self.horizon)
+
+    def weight_decay(self, step: int) -> float:
+        o = self.optim
+        return warmup_cosine(step + o["step_offset"], base=o["weight_decay"], final=o["final_weight_decay"],
+                             warmup_steps=0, total_steps=self.horizon)
+
+    def momentum(self, step: int) -> float:
+        return momentum_at(step, self.ema, self.total)
+
+
+def param_groups(method: Method, weight_decay: float) -> list[dict]:
+    extra = method.extra_param_groups()
+    taken = {id(p) for group in extra for p in group["params"]}
+    decay, no_decay = [], []
+    for name, param in method.named_parameters():
+        if not param.requires_grad or id(param) in taken:
+            continue
+        (no_decay if method.no_weight_decay(name, param) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay, "wd_exclude": False, "lr_scale": 1.0},
+              {"params": no_decay, "weight_decay": 0.0, "wd_exclude": True, "lr_scale": 1.0}]
+    for group in extra:
+        groups.append({"weight_decay": 0.0, "wd_exclude": True, "lr_scale": 1.0, **group})
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(method: Method, recipe: dict) -> torch.optim.Optimizer:
+    o = recipe["optim"]
+    groups = param_groups(method, o["weight_decay"])
+    if o["name"] == "adamw":
+        return torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"],
+                                 weight_decay=o["weight_decay"])
+    if o["name"] == "lars":
+        return Lars(groups, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
+                    trust_coeff=o["trust_coeff"], eps=o["eps"])
+    raise UserError(f"optim.name: unknown optimiser {o['name']!r}; valid: adamw, lars")
+
+
+def apply_schedules(optimizer: torch.optim.Optimizer, lr: float, wd: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+        if not group.get("wd_exclude", False):
+            group["weight_decay"] = wd
+
+
+@torch.no_grad()
+def ema_update(pairs, momentum: float) -> None:
+    """teacher = m * teacher + (1 - m) * online, parameters only (buffers are the teacher's own)."""
+    for online, teacher in pairs:
+        t_params = list(teacher.parameters())
+        o_params = list(online.parameters())
+        if len(t_params) != len(o_params):
+            raise RuntimeError("EMA pair with different parameter lists")
+        torch._foreach_mul_(t_params, momentum)
+        torch._foreach_add_(t_params, [p.detach() for p in o_params], alpha=1.0 - momentum)
+
+
+@dataclass
+class StepResult:
+    """What one step did: its loss and logs, the schedule values used, the gradient norm
+    before clipping (NaN without clipping)."""
+
+    loss: torch.Tensor
+    logs: dict
+    lr: float
+    weight_decay: float
+    momentum: float
+    grad_norm: float
+
+
+class TrainStep:
+    """``step(batch, index)``: one optimiser step of ``method`` (through ``model``, its DDP
+    wrapper under torchrun). A non-finite loss on any rank raises ``TrainingDiverged``
+    before the update, so the parameters stay as they were."""
+
+    def __init__(self, method: Method, optimizer: torch.optim.Optimizer, schedules: Schedules, recipe: dict,
+                 device: torch.device, model: torch.nn.Module | None = None):
+        if recipe["precision"] not in ("fp32", "bf16"):
+            raise UserError(f"precision: {recipe['precision']!r} is not valid; use fp32 or bf16")
+        self.method, self.model = method, model if model is not None else method
+        self.optimizer, self.schedules, self.device = optimizer, schedules, device
+        self.bf16 = recipe["precision"] == "bf16"
+        self.clip_grad = recipe["optim"]["clip_grad"]
+        self.pairs = method.ema_pairs()
+
+    def __call__(self, batch, step: int) -> StepResult:
+        sched = self.schedules
+        lr, wd = sched.lr(step), sched.weight_decay(step)
+        apply_schedules(self.optimizer, lr, wd)
+        self.method.step, self.method.total_steps = step, sched.total
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss, logs = self.model(batch)
+        loss = loss.float()
+        bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0], device=self.device)
+        if is_distributed():
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bad.item():
+            raise TrainingDiverged(f"non-finite loss ({loss.item()}) at step {step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float("nan")
+        if self.clip_grad > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(list(self.method.clip_parameters()), self.clip_grad))
+        self.optimizer.step()
+        momentum = sched.momentum(step)
+        if self.pairs:
+            ema_update(self.pairs, momentum)
+        return StepResult(loss, logs, lr, wd, momentum, grad_norm)
