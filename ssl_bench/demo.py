@@ -63,19 +63,6 @@ def protocol_recipes(folder: Path) -> dict[str, Path | None]:
     return recipes
 
 
-def _stored(results: Path, sha256: str, protocol: str, recipe: dict) -> bool:
-    """Whether the store already holds this exact evaluation."""
-    from .results import iter_evaluations
-
-    if not (results / protocol).is_dir():
-        return False
-    for _, payload in iter_evaluations(results):
-        if (payload.get("protocol") == protocol and payload.get("recipe") == recipe
-                and payload.get("checkpoint", {}).get("sha256") == sha256):
-            return True
-    return False
-
-
 class Demo:
     """Runs the steps in order, counting them, and keeps going past a failing step."""
 
@@ -107,6 +94,7 @@ class Demo:
         from .evaluate import evaluate, resolve_protocol_recipe
         from .leaderboard import write_leaderboard
         from .methods import METHODS
+        from .results import evaluation_key, stored_keys
 
         lay = self.layout
         methods = [m for m in METHODS.names() if _tiny_recipe(lay.project / "pretrain", m)]
@@ -138,7 +126,7 @@ class Demo:
 
                 def evaluate_once(spec=spec, protocol=protocol, recipe=recipe):
                     resolved = resolve_protocol_recipe(protocol, recipe)
-                    if _stored(lay.results, load_spec(spec).sha256, protocol, resolved):
+                    if evaluation_key(load_spec(spec).sha256, protocol, resolved) in stored_keys(lay.results):
                         log("  already in the results store: skipped")
                         return "stored"
                     return evaluate(protocol, spec, lay.data, recipe=recipe, results_dir=lay.results)
