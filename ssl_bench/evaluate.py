@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -46,8 +47,10 @@ def evaluate(protocol: str, checkpoint: str, data: Path, *, recipe: Path | None 
     info = {"label": ckpt.label, "sha256": ckpt.sha256, "method": ckpt.meta.get("method"),
             "arch": ckpt.meta.get("arch"), "encoder": ckpt.meta.get("encoder"),
             "spec": checkpoint, "eval": ckpt.eval}
-    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-        return records, None  # under torchrun only rank 0 stores the (all-reduced) result
+    if int(os.environ.get("RANK", 0)) != 0:
+        # under torchrun or a Slurm job (RANK set on every rank, whether or not the protocol
+        # joins a process group) only rank 0 stores the result
+        return records, None
     path = write_evaluation(results_dir, protocol=protocol, checkpoint=info, recipe=resolved,
                             records=records, wall_time_s=wall)
     return records, path
