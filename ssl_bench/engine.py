@@ -20,8 +20,9 @@ then ``--set``), builds the method from ``ssl_bench.methods.METHODS`` and trains
 * ``train_log.jsonl`` and ``recipe.yaml`` in the run folder; the exported encoder is
   ``RUN/checkpoint.{safetensors,json}`` (``ssl_bench.checkpoints`` format).
 
-Fault injection for the resume test: ``SSL_BENCH_KILL_AT_STEP=N`` makes the process
-SIGKILL itself right after optimiser step N.
+Fault injection for the resume tests: ``SSL_BENCH_KILL_AT_STEP=N`` makes the process
+SIGKILL itself right after optimiser step N; ``SSL_BENCH_PAUSE_AT_STEP=N`` makes it wait for a
+signal once the state of step N is saved (the preemption test signals it there, as Slurm would).
 """
 
 from __future__ import annotations
@@ -557,6 +558,7 @@ def _train(recipe: dict, run: Path, device: torch.device, world: int, rank: int)
     every_steps = ck["every_steps"]
     every_epoch_steps = ck["every_epochs"] * order.ipe if ck["every_epochs"] else 0
     kill_at = int(os.environ.get("SSL_BENCH_KILL_AT_STEP", 0))
+    pause_at = int(os.environ.get("SSL_BENCH_PAUSE_AT_STEP", 0))
     use_bf16 = recipe["precision"] == "bf16"
     if recipe["precision"] not in ("fp32", "bf16"):
         raise UserError(f"precision: {recipe['precision']!r} is not valid; use fp32 or bf16")
@@ -622,6 +624,10 @@ def _train(recipe: dict, run: Path, device: torch.device, world: int, rank: int)
                         and step != total:
                     export(run, method, recipe, step, step // order.ipe, stem=f"checkpoints/epoch_{step // order.ipe:04d}",
                            final=False)
+                if pause_at and step == pause_at:
+                    log(f"paused after step {step} (SSL_BENCH_PAUSE_AT_STEP): waiting for a signal")
+                    while True:
+                        signal.pause()
                 if step >= total:
                     break
     finally:
