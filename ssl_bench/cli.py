@@ -21,6 +21,7 @@ from typing import Callable
 
 from . import __version__
 from .errors import UserError
+from .launch import LaunchOptions, add_launcher_arguments, launch
 from .progress import set_quiet
 
 SET_HELP = "override a recipe key, e.g. --set optim.lr=0.001 (repeatable)"
@@ -52,9 +53,17 @@ def _pretrain_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     p.add_argument("--out", type=Path, required=True, help="run folder (resumed if it holds a run)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_launcher_arguments(p)
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    if args.launcher != "local":
+        from .engine import resolve_recipe
+        from .jobs import PretrainJob  # imports submitit
+
+        resolve_recipe(args.recipe, args.set)  # a bad recipe fails here, not after the queue
+        job = PretrainJob(args.recipe, args.out, args.set, args.device)
+        return launch(job, LaunchOptions.from_args(args), args.out / "jobs", "ssl-bench-pretrain", print)
     from .engine import pretrain
 
     print(pretrain(args.recipe, args.set, args.out, device=args.device))
@@ -71,13 +80,28 @@ def _eval_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
     p.add_argument("--results", type=Path, default=Path("results"), help="results store folder")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object last")
+    add_launcher_arguments(p)
 
 
 def _eval(args: argparse.Namespace) -> int:
+    if args.launcher != "local":
+        from .evaluate import resolve_protocol_recipe
+        from .jobs import EvalJob  # imports submitit
+
+        resolve_protocol_recipe(args.protocol, args.recipe, args.set)  # fails here, not after the queue
+        job = EvalJob(args.protocol, args.checkpoint, args.data, args.recipe, args.set, args.results,
+                      args.device)
+        return launch(job, LaunchOptions.from_args(args), args.results / "jobs",
+                      f"ssl-bench-eval-{args.protocol}", lambda result: _print_evaluation(args, *result))
     from .evaluate import evaluate
 
     records, path = evaluate(args.protocol, args.checkpoint, args.data, recipe=args.recipe,
                              sets=args.set, results_dir=args.results, device=args.device)
+    _print_evaluation(args, records, path)
+    return 0
+
+
+def _print_evaluation(args: argparse.Namespace, records: list[dict], path) -> None:
     for record in records:
         print(f"{args.protocol}\t{record['dataset']}\t{record['metric']}\t{record['value']:.4f}")
     print(f"stored: {path}", file=sys.stderr)
@@ -85,7 +109,27 @@ def _eval(args: argparse.Namespace) -> int:
         metrics = {f"{r['dataset']}/{r['metric']}": r["value"] for r in records}
         print(json.dumps({"protocol": args.protocol, "checkpoint": args.checkpoint,
                           "results_file": str(path), "metrics": metrics}))
-    return 0
+
+
+# ----- sweep ---------------------------------------------------------------------------------------
+def _sweep_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    p.add_argument("--checkpoints", nargs="+", required=True, metavar="SPEC", help="checkpoint specs, as for eval")
+    p.add_argument("--protocols", nargs="+", required=True, metavar="P", help="protocol names")
+    p.add_argument("--recipe-for", action="append", default=[], metavar="P=FILE",
+                   help="the recipe of protocol P (repeatable; default: package defaults)")
+    p.add_argument("--data", type=Path, required=True, help="dataset root or embedded data tree")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results store folder")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--max-parallel", type=int, metavar="N",
+                   help="jobs running at once (local default 1; slurm default: submitit's array limit, 256)")
+    add_launcher_arguments(p, sweep=True)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import sweep  # imports submitit
+
+    return sweep(args.checkpoints, args.protocols, args.data, recipe_for=args.recipe_for,
+                 results_dir=args.results, device=args.device, options=LaunchOptions.from_args(args))
 
 
 # ----- leaderboard ---------------------------------------------------------------------------------
@@ -261,6 +305,8 @@ def _bench_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
 COMMANDS = {c.name: c for c in (
     Command("pretrain", "pretrain a method from a recipe and write checkpoints", _pretrain_arguments, _pretrain),
     Command("eval", "evaluate a checkpoint with one protocol", _eval_arguments, _eval),
+    Command("sweep", "evaluate every checkpoint with every protocol, one job per pair (local processes or a "
+            "Slurm job array), then the leaderboard", _sweep_arguments, _sweep),
     Command("leaderboard", "comparison tables and figures from the results store", _leaderboard_arguments,
             _leaderboard),
     Command("data", "prepare the embedded data; check datasets on disk", _data_arguments, None),

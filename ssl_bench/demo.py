@@ -33,7 +33,7 @@ from .methods import METHODS
 from .progress import log
 from .protocols import PROTOCOLS
 from .recipes import recipe_layers
-from .results import iter_evaluations
+from .results import evaluation_key, stored_keys
 
 
 @dataclass
@@ -69,20 +69,6 @@ def protocol_recipes(folder: Path) -> dict[str, Path | None]:
         if not recipes[name].is_file():
             raise UserError(f"{index}: protocol {name!r} names {file}, which does not exist in {folder}")
     return recipes
-
-
-def evaluation_key(protocol: str, sha256: str, recipe: dict) -> tuple[str, str, str]:
-    """What makes two evaluations the same: protocol, checkpoint hash and the resolved recipe."""
-    return protocol, sha256, json.dumps(recipe, sort_keys=True)
-
-
-def stored_evaluations(results: Path) -> set[tuple[str, str, str]]:
-    """The ``evaluation_key`` of every evaluation in the store, read once."""
-    if not results.is_dir():
-        return set()
-    return {evaluation_key(payload.get("protocol"), payload.get("checkpoint", {}).get("sha256"),
-                           payload.get("recipe"))
-            for _, payload in iter_evaluations(results)}
 
 
 class Demo:
@@ -127,7 +113,7 @@ class Demo:
                          lambda r=recipe, o=out: pretrain(r, [f"data.root={lay.data}"], o)):
                 specs.append(str(out))
         specs += [f"random:{arch}" for arch in archs]
-        stored = stored_evaluations(lay.results)
+        stored = stored_keys(lay.results)
         sha256 = functools.cache(weights_sha256)  # each checkpoint file hashed once
 
         def write(formats=("md", "csv", "html", "png")):
@@ -142,7 +128,7 @@ class Demo:
             for spec in specs:
 
                 def evaluate_once(spec=spec, protocol=protocol, recipe=recipe):
-                    key = evaluation_key(protocol, sha256(spec), resolve_protocol_recipe(protocol, recipe))
+                    key = evaluation_key(sha256(spec), protocol, resolve_protocol_recipe(protocol, recipe))
                     if key in stored:
                         log("  already in the results store: skipped")
                         return "stored"

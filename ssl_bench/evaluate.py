@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 from .checkpoints import load_spec
-from .distributed import is_main_process, pick_device
+from .distributed import pick_device
 from .errors import UserError
 from .protocols import PROTOCOLS, EvalContext
 from .recipes import load_defaults, resolve
@@ -37,8 +38,10 @@ def evaluate(protocol: str, checkpoint: str, data: Path, *, recipe: Path | None 
     info = {"label": ckpt.label, "sha256": ckpt.sha256, "method": ckpt.meta.get("method"),
             "arch": ckpt.meta.get("arch"), "encoder": ckpt.meta.get("encoder"),
             "spec": checkpoint, "eval": ckpt.eval}
-    if not is_main_process():
-        return records, None  # under torchrun only rank 0 stores the (all-reduced) result
+    if int(os.environ.get("RANK", 0)) != 0:
+        # under torchrun or a Slurm job (RANK set on every rank, whether or not the protocol
+        # joins a process group) only rank 0 stores the result
+        return records, None
     path = write_evaluation(results_dir, protocol=protocol, checkpoint=info, recipe=resolved,
                             records=records, wall_time_s=wall)
     return records, path

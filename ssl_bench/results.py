@@ -187,6 +187,21 @@ def recipe_key(recipe: dict | None) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def evaluation_key(checkpoint_sha256: str | None, protocol: str | None, recipe: dict | None) -> str:
+    """What makes two evaluations the same run: the checkpoint's hash, the protocol and its fully
+    resolved recipe (seed included). ``make demo`` and ``ssl-bench sweep`` skip an evaluation whose
+    key is already stored."""
+    identity = [checkpoint_sha256, protocol, recipe]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def stored_keys(results_dir: Path) -> set[str]:
+    """The ``evaluation_key`` of every evaluation in the store (empty if there is no store yet)."""
+    return {evaluation_key(payload.get("checkpoint", {}).get("sha256"), payload.get("protocol"),
+                           payload.get("recipe"))
+            for _, payload in iter_evaluations(results_dir)}
+
+
 def load_results(results_dir: Path) -> pd.DataFrame:
     """All records under ``results_dir`` as one DataFrame (columns ``RECORD_COLUMNS``)."""
     import pandas as pd  # heavy, and only the leaderboards read the store: not loaded by 'ssl-bench eval'

@@ -17,7 +17,7 @@ def run_cli(*args, cwd=None):
 def test_help_lists_the_commands():
     out = run_cli("--help")
     assert out.returncode == 0
-    for command in ("pretrain", "eval", "leaderboard", "data", "bench"):
+    for command in ("pretrain", "eval", "sweep", "leaderboard", "data", "bench"):
         assert command in out.stdout
 
 

@@ -1,10 +1,12 @@
-"""Engine tests: EMA, data order, optimisers, exact resume after SIGKILL, torchrun DDP, divergence, skip."""
+"""Engine tests: schedules, EMA, exact resume after SIGKILL, torchrun DDP on one and two "nodes",
+divergence, skip."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -126,41 +128,40 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     assert {p.suffix for p in (tmp_path / "resumed").iterdir()} <= {".safetensors", ".json", ".yaml", ".jsonl"}
 
 
-def torchrun_rank_weights(tmp_path: Path, recipe: Path, out: Path, steps: int, *sets: str) -> tuple[dict, dict]:
-    """Pretrain ``recipe`` under torchrun with 2 CPU ranks; a probe around the engine's state
-    saving dumps each rank's parameters after ``steps`` steps. Returns (rank 0's, rank 1's)."""
-    probe = tmp_path / "probe.py"
+def rank_probe(folder: Path, at_step: int) -> Path:
+    """A torchrun entry point around the engine: each rank dumps its parameters after step
+    ``at_step`` (``rank<R>.safetensors``) and lists every file it writes (``writes<R>.txt``)."""
+    probe = folder / "probe.py"
     probe.write_text(
-        "import sys, torch.distributed as dist\n"
+        "import os, sys\n"
+        "from safetensors.torch import save_file\n"
         "from ssl_bench.cli import main\n"
-        "from ssl_bench.engine import loop\n"
-        "orig = loop._save\n"
-        "def _save(run, method, optimizer, step, epoch, recipe, world, main):\n"
-        "    orig(run, method, optimizer, step, epoch, recipe, world, main)\n"
-        f"    if step == {steps}:\n"
-        "        from safetensors.torch import save_file\n"
+        "from ssl_bench.engine import loop, state\n"
+        f"out, rank = r'{folder}', os.environ['RANK']\n"
+        "def recorded(write):\n"
+        "    def wrapper(path, *args, **kwargs):\n"
+        "        with open(f'{out}/writes{rank}.txt', 'a') as handle:\n"
+        "            handle.write(f'{path}\\n')\n"
+        "        return write(path, *args, **kwargs)\n"
+        "    return wrapper\n"
+        "for module, name in ((state, 'atomic_write'), (state, 'atomic_write_json'), (state, 'atomic_write_bytes'),\n"
+        "                     (loop, 'atomic_write_bytes'), (loop, 'save_checkpoint')):\n"
+        "    setattr(module, name, recorded(getattr(module, name)))\n"
+        "save_state = loop._save\n"
+        "def _save(run, method, optimizer, step, *rest):\n"
+        "    save_state(run, method, optimizer, step, *rest)\n"
+        f"    if step == {at_step}:\n"
         "        sd = {k: v.detach().clone().contiguous() for k, v in method.named_parameters()}\n"
-        f"        save_file(sd, r'{tmp_path}' + f'/rank{{dist.get_rank()}}.safetensors')\n"
+        "        save_file(sd, f'{out}/rank{rank}.safetensors')\n"
         "loop._save = _save\n"
         "sys.exit(main(['pretrain', *sys.argv[1:]]))\n")
-    torchrun = str(Path(PY).with_name("torchrun"))
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", str(probe), "--recipe", str(recipe), "--out", str(out),
-           "--device", "cpu"]
-    for s in sets:
-        cmd += ["--set", s]
-    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+    return probe
 
 
-def test_torchrun_two_ranks_hold_identical_weights(tmp_path):
-    data = make_images(tmp_path / "data", per_class=4)
-    recipe = write_recipe(tmp_path, data, workers=0, every=0)
-    out = tmp_path / "ddp"
-    # 8 images / 2 ranks / batch 2 -> 2 steps per epoch, 4 steps
-    r0, r1 = torchrun_rank_weights(tmp_path, recipe, out, 4, "checkpoint.every_steps=2")
+def assert_ranks_agree_and_only_rank_0_wrote(tmp_path: Path, recipe: Path, out: Path) -> None:
     # parameters of the online and target networks (BN running statistics are rank-local on CPU,
     # where SyncBatchNorm does not exist; DDP broadcasts rank 0's at each forward)
+    r0, r1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
     assert r0.keys() == r1.keys() and any(k.startswith("target_backbone.") for k in r0)
     for key in r0:
         assert torch.equal(r0[key], r1[key]), key
@@ -169,6 +170,47 @@ def test_torchrun_two_ranks_hold_identical_weights(tmp_path):
     init = build_method(resolve_recipe(recipe, []))
     assert not torch.equal(init.state_dict()["prototypes"], r0["prototypes"])  # it did train
     assert (out / "checkpoint.json").is_file()
+    written = {Path(line).name for line in (tmp_path / "writes0.txt").read_text().splitlines()}
+    assert {"recipe.yaml", "train_state.json", "checkpoint"} <= written
+    assert not (tmp_path / "writes1.txt").exists()  # rank 1 wrote nothing to the run folder
+    steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # the log, appended to by rank 0 alone
+
+
+def test_torchrun_two_ranks_hold_identical_weights(tmp_path):
+    data = make_images(tmp_path / "data", per_class=4)
+    recipe = write_recipe(tmp_path, data, workers=0, every=0)
+    torchrun = str(Path(PY).with_name("torchrun"))
+    out = tmp_path / "ddp"
+    # 8 images / 2 ranks / batch 2 -> 2 steps per epoch, 4 steps; a probe dumps each rank's weights
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(rank_probe(tmp_path, 4)),
+                           "--recipe", str(recipe), "--out", str(out), "--device", "cpu",
+                           "--set", "checkpoint.every_steps=2"],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_ranks_agree_and_only_rank_0_wrote(tmp_path, recipe, out)
+
+
+def test_two_nodes_with_a_c10d_rendezvous_on_localhost(tmp_path):
+    """torchrun --nnodes 2 twice: two agents that believe they are two nodes meet at a c10d
+    rendezvous on localhost (gloo) and train into one shared run folder."""
+    data = make_images(tmp_path / "data", per_class=4)
+    recipe = write_recipe(tmp_path, data, workers=0, every=0)
+    torchrun = str(Path(PY).with_name("torchrun"))
+    out = tmp_path / "shared"
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    command = [torchrun, "--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+               "--rdzv_endpoint", f"localhost:{port}", "--rdzv_id", "ssl-bench-test",
+               str(rank_probe(tmp_path, 4)), "--recipe", str(recipe), "--out", str(out), "--device", "cpu",
+               "--set", "checkpoint.every_steps=2"]
+    nodes = [subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for node in nodes:
+        _, stderr = node.communicate(timeout=300)
+        assert node.returncode == 0, stderr[-3000:]
+    assert_ranks_agree_and_only_rank_0_wrote(tmp_path, recipe, out)
 
 
 def test_non_finite_loss_stops_and_keeps_last_state(tmp_path, monkeypatch):

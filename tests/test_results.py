@@ -5,7 +5,7 @@ import multiprocessing as mp
 import pandas as pd
 
 from ssl_bench.leaderboard import pivot, render
-from ssl_bench.results import load_results, write_evaluation
+from ssl_bench.results import evaluation_key, load_results, stored_keys, write_evaluation
 
 WRITERS, PER_WRITER = 8, 50
 
@@ -69,3 +69,18 @@ def test_predictions_is_the_stores_own_key(tmp_path):
                          wall_time_s=1.0, records=[{"dataset": "davis", "metric": "J-Mean", "value": 50.0,
                                                     "predictions": "masks/"}])
     assert not any(tmp_path.rglob("*.json"))
+
+
+def test_evaluation_key_is_checkpoint_protocol_and_the_whole_recipe(tmp_path):
+    """The demo's and the sweep's reuse rule: a stored evaluation matches only the same checkpoint
+    hash, protocol and resolved recipe, seed included (unlike ``recipe_key``, which groups seeds)."""
+    recipe = {"ks": [10, 20], "seed": 0, "transform": {"crop": 224}}
+    write_evaluation(tmp_path, protocol="knn", checkpoint={"label": "a", "sha256": "h1"}, recipe=recipe,
+                     records=[{"dataset": "imagenet", "metric": "top1", "value": 1.0}], wall_time_s=0.1)
+    keys = stored_keys(tmp_path)
+    assert keys == {evaluation_key("h1", "knn", {"transform": {"crop": 224}, "seed": 0, "ks": [10, 20]})}
+    for other in (evaluation_key("h2", "knn", recipe), evaluation_key("h1", "linear", recipe),
+                  evaluation_key("h1", "knn", {**recipe, "seed": 1}),
+                  evaluation_key("h1", "knn", {**recipe, "transform": {"crop": 96}})):
+        assert other not in keys
+    assert stored_keys(tmp_path / "no-store-yet") == set()

@@ -23,8 +23,9 @@ then ``--set``), builds the method from ``ssl_bench.methods.METHODS`` and trains
   exact resume.
 
 Multi-process: ``torchrun --nproc_per_node N -m ssl_bench.cli pretrain ...``. Fault injection
-for the resume test: ``SSL_BENCH_KILL_AT_STEP=N`` makes the process SIGKILL itself right after
-optimiser step N.
+for the resume tests: ``SSL_BENCH_KILL_AT_STEP=N`` makes the process SIGKILL itself right after
+optimiser step N; ``SSL_BENCH_PAUSE_AT_STEP=N`` makes it wait for a signal once the state of step N
+is saved (the preemption test signals it there, as Slurm would).
 """
 
 from .loop import pretrain

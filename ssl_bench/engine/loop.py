@@ -118,6 +118,7 @@ def _train(recipe: dict, run: Path, device: torch.device, world: int, rank: int)
     every_steps = ck["every_steps"]
     every_epoch_steps = ck["every_epochs"] * order.ipe if ck["every_epochs"] else 0
     kill_at = int(os.environ.get("SSL_BENCH_KILL_AT_STEP", 0))
+    pause_at = int(os.environ.get("SSL_BENCH_PAUSE_AT_STEP", 0))
     images_per_step = d["batch_size"] * world
     bar = progress(total=total, initial=step, desc=f"pretrain {recipe['method']}", unit="step") if main else None
     log_path = run / LOG_FILE
@@ -163,6 +164,10 @@ def _train(recipe: dict, run: Path, device: torch.device, world: int, rank: int)
                         and step != total:
                     export(run, method, recipe, step, step // order.ipe, stem=f"checkpoints/epoch_{step // order.ipe:04d}",
                            final=False)
+                if pause_at and step == pause_at:
+                    log(f"paused after step {step} (SSL_BENCH_PAUSE_AT_STEP): waiting for a signal")
+                    while True:
+                        signal.pause()
                 if step >= total:
                     break
     finally:
