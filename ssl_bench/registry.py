@@ -2,7 +2,8 @@
 
 A method, protocol or benchmark is added by writing one module in its package that
 decorates its class (or module functions) with ``REGISTRY.register("name")``; the
-package is imported on first lookup, so nothing else has to change.
+package is imported on first lookup, so nothing else has to change. The decorator is the
+one place the name is written: a registered class gets it as its ``name`` attribute.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class Registry(Generic[T]):
             if name in self._entries and self._entries[name] is not obj:
                 raise ValueError(f"{self.kind} '{name}' registered twice")
             self._entries[name] = obj
+            if isinstance(obj, type):
+                obj.name = name
             return obj
         return decorator
 

@@ -35,9 +35,15 @@ from torch import nn
 from ..engine import init_distributed, warmup_cosine
 from ..errors import UserError
 from ..progress import log, progress
+from ..schema import Metric
 from ._common import percent, records_for, topk_hits
 from ._features import HighPass, autocast, train_transform
 from ._heads import save_classifier
+
+#: What both fine-tuning protocols report.
+FINETUNE_METRICS = (Metric("top1", description="best epoch (what MAE and Barlow Twins report)"),
+                    Metric("top5", description="at the epoch of top1"),
+                    Metric("top1_last", description="last epoch"))
 
 
 # ----- the classifier ----------------------------------------------------------------------

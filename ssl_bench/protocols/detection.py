@@ -21,8 +21,10 @@ from pathlib import Path
 
 import torch
 
+from ..dense.coco_eval import COCO_METRICS, LVIS_METRICS
 from ..errors import UserError
 from ..progress import log, progress
+from ..schema import Metric, Schema
 from . import PROTOCOLS, EvalContext, Protocol
 from ._common import records_for
 
@@ -164,7 +166,9 @@ def detect(backend, dataset, device: torch.device, desc: str) -> list[dict]:
 class Detection(Protocol):
     """Mask R-CNN on COCO and/or LVIS: bbox and segm AP metrics (x100)."""
 
-    name = "detection"
+    schema = Schema(datasets=FORMATS, metrics=tuple(
+        Metric(f"{kind}_{ap}", datasets=FORMATS if ap in COCO_METRICS else ("lvis",))
+        for kind in ("bbox", "segm") for ap in LVIS_METRICS), headline=("bbox_AP", "segm_AP"), order=60)
 
     def run(self, ctx: EvalContext) -> list[dict]:
         from ..dense.coco_eval import coco_evaluate, lvis_evaluate

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from timm.optim import param_groups_layer_decay
 
+from ..schema import Schema
 from . import PROTOCOLS, EvalContext, Protocol
 from ._common import open_classification, open_split
 from ._features import eval_transform, feature_spec
-from ._finetuning import classifier_from_checkpoint, finetune_train_transform, run_finetuning
+from ._finetuning import (FINETUNE_METRICS, classifier_from_checkpoint, finetune_train_transform,
+                          run_finetuning)
 
 
 def layer_decay_groups(model, lr: float, min_lr: float, weight_decay: float, layer_decay: float) -> list[dict]:
@@ -37,7 +39,7 @@ def layer_decay_groups(model, lr: float, min_lr: float, weight_decay: float, lay
 class FineTune(Protocol):
     """End-to-end fine-tuning on the full training set (MAE / BEiT recipe)."""
 
-    name = "finetune"
+    schema = Schema(datasets=("imagenet",), metrics=FINETUNE_METRICS, headline=("top1",), order=50)
 
     def run(self, ctx: EvalContext) -> list[dict]:
         recipe = ctx.recipe

@@ -13,18 +13,19 @@ calls "1% FT".
 from __future__ import annotations
 
 from ..errors import UserError
+from ..schema import Schema
 from . import PROTOCOLS, EvalContext, Protocol
 from ._common import open_classification
 from ._features import eval_transform, feature_spec
-from ._finetuning import (classifier_from_checkpoint, classifier_params, finetune_train_transform,
-                          run_finetuning)
+from ._finetuning import (FINETUNE_METRICS, classifier_from_checkpoint, classifier_params,
+                          finetune_train_transform, run_finetuning)
 
 
 @PROTOCOLS.register("finetune_1pct")
 class FineTune1Pct(Protocol):
     """Fine-tune backbone + classifier on a subset file (Barlow Twins semi-supervised)."""
 
-    name = "finetune_1pct"
+    schema = Schema(datasets=("imagenet",), metrics=FINETUNE_METRICS, headline=("top1",), order=40)
 
     def run(self, ctx: EvalContext) -> list[dict]:
         from ..data import ImageFolderDataset

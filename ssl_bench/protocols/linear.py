@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from ..engine import warmup_cosine
 from ..errors import UserError
 from ..progress import log, progress
+from ..schema import Metric, Schema
 from . import PROTOCOLS, EvalContext, Protocol
 from ._common import open_classification, records_for, topk_correct, topk_hits
 from ._features import (eval_transform, feature_spec, forward_features, split_features,
@@ -188,7 +189,11 @@ def effective_lrs(recipe: dict) -> list[float]:
 class Linear(Protocol):
     """Linear probe (grid of learning rates) on frozen features."""
 
-    name = "linear"
+    schema = Schema(datasets=("imagenet",), metrics=(
+        Metric("top1", description="best epoch of the best learning rate (what the references report)"),
+        Metric("top5", description="at the epoch and learning rate of top1"),
+        Metric("top1_last", description="last epoch of the best learning rate")),
+        headline=("top1",), order=20)
 
     def run(self, ctx: EvalContext) -> list[dict]:
         recipe = ctx.recipe

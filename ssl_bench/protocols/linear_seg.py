@@ -32,8 +32,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import UserError
-from ..metrics.segmentation import IGNORE_INDEX, IoUAccumulator
+from ..metrics.segmentation import IGNORE_INDEX, SEGMENTATION_METRICS, IoUAccumulator
 from ..progress import progress
+from ..schema import Schema
 from . import PROTOCOLS, EvalContext, Protocol
 from ._dense import block_indices, require_vit
 
@@ -140,7 +141,7 @@ def _train_pair(img: torch.Tensor, label: torch.Tensor, cfg: dict, rng: np.rando
 class LinearSegmentation(Protocol):
     """Frozen-feature linear segmentation, mIoU as mmseg IoUMetric."""
 
-    name = "linear_seg"
+    schema = Schema(datasets=("ade20k", "coco"), metrics=SEGMENTATION_METRICS, headline=("mIoU",), order=80)
 
     def run(self, ctx: EvalContext) -> list[dict]:
         from ..data.resolve import dataset_name, resolve

@@ -25,6 +25,8 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from ..errors import UserError
 from ..progress import log, progress
+from ..metrics.segmentation import SEGMENTATION_METRICS
+from ..schema import Schema
 from . import PROTOCOLS, EvalContext, Protocol
 from ._common import records_for
 
@@ -144,7 +146,7 @@ def train_segmentation(backend, backbone, dataset, recipe: dict, device: torch.d
 class Segmentation(Protocol):
     """ADE20k UperNet: mIoU / mAcc / aAcc (x100) after training."""
 
-    name = "segmentation"
+    schema = Schema(datasets=("ade20k",), metrics=SEGMENTATION_METRICS, headline=("mIoU",), order=70)
 
     def run(self, ctx: EvalContext) -> list[dict]:
         from ..dense.common import seed_all, set_drop_path, trainable_backbone
