@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..engine import init_distributed, warmup_cosine
+from ..engine import init_distributed, seed_everything, seeded, warmup_cosine
 from ..errors import UserError
 from ..progress import log, progress
 from ..schema import Metric
@@ -72,6 +72,11 @@ def build_classifier(arch: str, num_classes: int, *, img_size: int | None = None
 
 def classifier_from_checkpoint(checkpoint, num_classes: int, recipe: dict, final_norm: bool) -> tuple[nn.Module, dict]:
     """The checkpoint's encoder in a timm classifier; returns (model, kwargs to rebuild it)."""
+    with seeded(int(recipe["seed"])):  # the fresh head's initialisation, the same whatever ran before
+        return _classifier(checkpoint, num_classes, recipe, final_norm)
+
+
+def _classifier(checkpoint, num_classes: int, recipe: dict, final_norm: bool) -> tuple[nn.Module, dict]:
     backbone = checkpoint.backbone
     head = recipe["head"]
     kwargs = {"drop_path_rate": float(recipe["drop_path"])}
@@ -227,7 +232,9 @@ def run_finetuning(ctx, recipe: dict, *, protocol: str, data, train_dataset, mod
     ``optimizer``: ``sgd`` (momentum ``optim.momentum``) or ``adamw`` (``optim.betas``).
     """
     world, rank, device = _distributed(ctx.device)
-    torch.manual_seed(int(recipe["seed"]) + rank)
+    # transforms (torchvision, RandAugment, random erasing), mixup and drop path draw from the global
+    # torch / python / numpy generators: all three seeded, per rank
+    seed_everything(int(recipe["seed"]) + rank)
     sched, optim = recipe["schedule"], recipe["optim"]
     epochs, batch = int(recipe["epochs"]), int(recipe["train_batch_size"])
     if batch % world:

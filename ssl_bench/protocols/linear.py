@@ -205,6 +205,8 @@ class Linear(Protocol):
         data = open_classification(ctx, recipe, eval_transform(tcfg, spec.input_filter))
         val = split_features(ctx, data.val, split="val", spec=spec, transform_cfg=tcfg, recipe=recipe)
         generator = torch.Generator().manual_seed(int(recipe["seed"]))
+        # head initialisation and online augmentations draw from it; feature extraction in between
+        # (on a cache miss) runs in a seeded fork and leaves it as it was
         torch.manual_seed(int(recipe["seed"]))
         bs, drop_last = int(recipe["train_batch_size"]), bool(recipe["drop_last"])
         if mode == "center":
