@@ -8,7 +8,14 @@ import pandas as pd
 
 from ..errors import UserError
 
-FORMATS = ("md", "csv", "tex", "html")
+FIGURES = "png"
+#: Every leaderboard format: text (Markdown, long-form CSV, LaTeX, HTML page) and the figures,
+#: which are written as files only.
+FORMATS = ("md", "csv", "tex", "html", FIGURES)
+
+
+def is_text(fmt: str) -> bool:
+    return fmt in FORMATS and fmt != FIGURES
 
 
 def pivot(records: pd.DataFrame) -> pd.DataFrame:
@@ -31,8 +38,8 @@ def render(table, fmt: str, *, digits: int = 2) -> str:
 
     if isinstance(table, ComparisonTable):
         return table.render(fmt)
-    if fmt not in FORMATS:
-        raise UserError(f"--format {fmt}: unknown format; valid: {', '.join(FORMATS)}")
+    if not is_text(fmt):
+        raise UserError(f"--format {fmt}: not a text format; valid: {', '.join(f for f in FORMATS if is_text(f))}")
     if table.empty:
         return "(no results)\n"
     if fmt == "csv":
