@@ -37,6 +37,8 @@ FORMAT = "ssl-bench-checkpoint/1"
 
 #: Conventions a protocol applies unless its recipe overrides them.
 DEFAULT_EVAL = {"feature": "cls", "final_norm": True, "input_filter": None}
+#: What a ConvNet's conventions always say: its one global feature, the average pool of the last stage.
+CONVNET_EVAL = {"feature": "avgpool", "final_norm": True}
 
 #: Globals a foreign checkpoint may contain besides tensors: the argparse namespace that
 #: MAE-lineage code (MAE, DINO, MSN, ConMIM, SiameseIM) stores under ``args``, and numpy
@@ -67,7 +69,12 @@ class Checkpoint:
 
     @property
     def eval(self) -> dict:
-        return {**DEFAULT_EVAL, **self.meta.get("eval", {})}
+        return eval_conventions(self.backbone, self.meta.get("eval", {}))
+
+
+def eval_conventions(backbone: Backbone, given: dict) -> dict:
+    """``given`` over the defaults; a ConvNet's feature is its average pool whatever was given."""
+    return {**DEFAULT_EVAL, **given, **({} if backbone.is_vit else CONVNET_EVAL)}
 
 
 def checkpoint_paths(spec: Path) -> tuple[Path, Path]:
@@ -93,7 +100,7 @@ def save_checkpoint(stem: Path, backbone: Backbone, meta: dict) -> Path:
         "arch": backbone.arch,
         "img_size": _img_size(backbone),
         "patch_size": backbone.patch_size,
-        "eval": {**DEFAULT_EVAL, "final_norm": backbone.final_norm},
+        "eval": eval_conventions(backbone, {"final_norm": backbone.final_norm}),
         **meta,
         "code": code_version(),
         "versions": library_versions(),

@@ -133,15 +133,35 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 # ----- leaderboard ---------------------------------------------------------------------------------
+DEFAULT_RESULTS = Path("results")
+COMMITTED_LEADERBOARD = Path("leaderboards/embedded.csv")
+
+
+def _leaderboard_source(results: Path | None) -> Path:
+    """--results, else ./results when it exists, else the committed demo leaderboard's long form."""
+    if results is not None:
+        return results
+    if DEFAULT_RESULTS.is_dir() or not COMMITTED_LEADERBOARD.is_file():
+        return DEFAULT_RESULTS
+    print(f"ssl-bench: no {DEFAULT_RESULTS}/ here: reading the committed demo leaderboard {COMMITTED_LEADERBOARD}",
+          file=sys.stderr)
+    return COMMITTED_LEADERBOARD
+
+
 def _leaderboard_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
-    p.add_argument("--results", type=Path, default=Path("results"), help="results store folder")
+    p.add_argument("--results", type=Path, default=None,
+                   help="results store folder, or a leaderboard's long-form CSV (--format csv); default: "
+                        f"{DEFAULT_RESULTS}/, else the committed demo leaderboard {COMMITTED_LEADERBOARD}")
+    p.add_argument("--paper", metavar="NAME",
+                   help="a seed paper's main table (siameseim, mscn, msn, conmim, mmc): its rows and columns, "
+                        "the reported value, ours, the difference (md or csv)")
     p.add_argument("--format", default="md",
                    help="md, csv (long form), tex, html (page with figures), png (figures: OUT.png "
                         "overview + OUT.<protocol>.png) or all (every format; --out is a stem)")
     p.add_argument("--out", type=Path, help="output file (default: stdout; required for png and all)")
     p.add_argument("--reported", nargs="?", const=True, default=None, metavar="CSV",
-                   help="add the papers' published numbers as rows marked (reported); "
-                        "default CSV: leaderboards/reported.csv")
+                   help="add the papers' published numbers as rows marked (reported in PAPER); "
+                        "default: the numbers ssl-bench ships (its reported.csv)")
     p.add_argument("--all-reported", action="store_true",
                    help="with --reported: every reported row, not only the measured protocols'")
     p.add_argument("--baseline", metavar="ROW",
@@ -157,22 +177,35 @@ def _leaderboard_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
-    from .leaderboard import FILE_FORMATS, TEXT_FORMATS, build_table, write
+    from .leaderboard import FORMATS, build_table, is_text, measured_from_csv, write
     from .results import load_results
 
-    formats = list(FILE_FORMATS) if args.format == "all" else [args.format]
-    if args.format != "all" and args.format not in FILE_FORMATS:
-        raise UserError(f"--format {args.format}: unknown format; valid: {', '.join(FILE_FORMATS)}, all")
-    if args.out is None and args.format not in TEXT_FORMATS:
+    formats = list(FORMATS) if args.format == "all" else [args.format]
+    if args.format != "all" and args.format not in FORMATS:
+        raise UserError(f"--format {args.format}: unknown format; valid: {', '.join(FORMATS)}, all")
+    if args.out is None and not is_text(args.format):
         raise UserError(f"--format {args.format} writes files: give --out (a file, or a stem for 'all')")
-    if not Path(args.results).is_dir():
-        raise UserError(f"--results {args.results}: no such folder; run 'ssl-bench eval' first "
-                        "or point --results at a results store")
-    table = build_table(load_results(args.results), reported=args.reported, baseline=args.baseline,
+    source = _leaderboard_source(args.results)
+    if source.suffix == ".csv":
+        records, measured, note = None, measured_from_csv(source), [
+            f"Measured: read from the leaderboard {source} (its statistics as computed when it was written)."]
+    elif source.is_dir():
+        records, measured, note = load_results(source), None, []
+    else:
+        raise UserError(f"--results {source}: no such folder; run 'ssl-bench eval' first, or point --results "
+                        "at a results store or a leaderboard CSV")
+    if args.paper is not None:
+        from .leaderboard.papers import paper_table
+
+        cells = measured if measured is not None else build_table(
+            records, n_boot=args.bootstrap, confidence=args.confidence, seed=args.seed).cells
+        write(paper_table(args.paper, cells, digits=args.digits).render(args.format), args.out)
+        return 0
+    table = build_table(records, measured=measured, reported=args.reported, baseline=args.baseline,
                         targets=args.target or None, n_boot=args.bootstrap, confidence=args.confidence,
                         seed=args.seed, digits=args.digits, title=args.title,
-                        reported_scope="all" if args.all_reported else "measured")
-    if args.format in TEXT_FORMATS:
+                        reported_scope="all" if args.all_reported else "measured", provenance=note)
+    if is_text(args.format):
         write(table.render(args.format), args.out)
         return 0
     stem = args.out if args.format == "all" else args.out.with_suffix("")

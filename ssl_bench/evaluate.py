@@ -35,6 +35,10 @@ def evaluate(protocol: str, checkpoint: str, data: Path, *, recipe: Path | None 
     start = time.perf_counter()
     records = protocol_cls().run(ctx)
     wall = time.perf_counter() - start
+    unknown = protocol_cls.schema.unmatched(records)
+    if unknown:
+        raise ValueError(f"protocol {protocol} wrote {', '.join(f'{d}/{m}' for d, m in unknown)}, which its "
+                         f"schema ({protocol_cls.__module__}) does not declare")
     info = {"label": ckpt.label, "sha256": ckpt.sha256, "method": ckpt.meta.get("method"),
             "arch": ckpt.meta.get("arch"), "encoder": ckpt.meta.get("encoder"),
             "spec": checkpoint, "eval": ckpt.eval}

@@ -5,7 +5,8 @@ fixes its type; an unknown key or a value of the wrong type is a ``UserError`` n
 key and the file (or the ``--set`` argument) it came from. A recipe file may start from
 another one with ``_base_: other.yaml`` (a path relative to the file), as the small
 recipes do from the full-scale ones. A mapping that is empty in the defaults is open:
-any sub-key is accepted there.
+any sub-key is accepted there, from any layer (a recipe file may fill it and ``--set`` add
+more keys to it), merged without type checks (its consumer checks them).
 """
 
 from __future__ import annotations
@@ -82,21 +83,31 @@ def _coerce(default: Any, value: Any, key: str, source: str) -> Any:
     raise UserError(f"{source}: key '{key}' must be {_describe(kind)}, got {value!r}")
 
 
-def merge(base: dict, override: dict, source: str, prefix: str = "") -> dict:
-    """``base`` updated by ``override``, refusing keys that ``base`` does not have."""
+def open_mappings(defaults: dict, prefix: str = "") -> frozenset[str]:
+    """Dotted paths of the mappings ``defaults`` leaves empty (open: any sub-key accepted)."""
+    paths: set[str] = set()
+    for key, value in defaults.items():
+        if isinstance(value, dict):
+            paths |= {f"{prefix}{key}"} if not value else open_mappings(value, f"{prefix}{key}.")
+    return frozenset(paths)
+
+
+def merge(base: dict, override: dict, source: str, prefix: str = "",
+          open_paths: frozenset[str] = frozenset()) -> dict:
+    """``base`` updated by ``override``, refusing keys that ``base`` does not have, except in an
+    open mapping: an empty ``base`` or one of ``open_paths`` (``open_mappings`` of the defaults)."""
+    if prefix and (base == {} or any(prefix.startswith(f"{path}.") for path in open_paths)):
+        return deep_update(base, override)
     result = copy.deepcopy(base)
     for key, value in override.items():
         dotted = f"{prefix}{key}"
         if key not in base:
-            if base == {} and prefix:  # an open mapping
-                result[key] = copy.deepcopy(value)
-                continue
             valid = ", ".join(sorted(base)) or "(none)"
             where = f"under '{prefix[:-1]}'" if prefix else "at the top level"
             raise UserError(f"{source}: unknown key '{dotted}'; valid keys {where}: {valid}")
         default = base[key]
         if isinstance(default, dict) and isinstance(value, dict):
-            result[key] = merge(default, value, source, f"{dotted}.") if default else copy.deepcopy(value)
+            result[key] = merge(default, value, source, f"{dotted}.", open_paths)
         else:
             result[key] = _coerce(default, value, dotted, source)
     return result
@@ -140,11 +151,12 @@ def deep_update(base: dict, override: dict) -> dict:
 def resolve(defaults: dict, recipe: Path | None = None, sets: Iterable[str] = ()) -> dict:
     """The fully resolved recipe: defaults, then each recipe layer, then each ``--set``."""
     resolved = copy.deepcopy(defaults)
+    open_paths = open_mappings(defaults)
     if recipe is not None:
         for source, layer in recipe_layers(recipe):
-            resolved = merge(resolved, layer, source)
+            resolved = merge(resolved, layer, source, open_paths=open_paths)
     for text in sets:
-        resolved = merge(resolved, parse_assignment(text), f"--set {text}")
+        resolved = merge(resolved, parse_assignment(text), f"--set {text}", open_paths=open_paths)
     return resolved
 
 

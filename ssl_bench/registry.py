@@ -2,10 +2,11 @@
 
 ``METHODS`` (``ssl_bench.methods``) and ``PROTOCOLS`` (``ssl_bench.protocols``) are registries:
 each entry is a class in the package's module of the same name, decorated with
-``REGISTRY.register("name")``. ``get(name)`` imports that one module (so ``ssl-bench eval
+``REGISTRY.register("name")``. The decorator is the one place the name is written: a registered
+class gets it as its ``name`` attribute. ``get(name)`` imports that one module (so ``ssl-bench eval
 --protocol knn`` loads the k-NN protocol and no other), and every public module of the package
-only when the name is not found there, as ``names()`` does. Which other files a new entry needs (defaults, recipes, a test) is listed in
-``docs/architecture.md``.
+only when the name is not found there, as ``names()`` does. Which other files a new entry needs
+(defaults, recipes, a test) is listed in ``docs/architecture.md``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class Registry(Generic[T]):
             if name in self._entries and self._entries[name] is not obj:
                 raise ValueError(f"{self.kind} '{name}' registered twice")
             self._entries[name] = obj
+            if isinstance(obj, type):
+                obj.name = name
             return obj
         return decorator
 

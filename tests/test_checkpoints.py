@@ -101,3 +101,23 @@ def test_random_spec_is_deterministic():
     a, b = load_spec("random:vit_tiny_patch16_224"), load_spec("random:vit_tiny_patch16_224")
     assert torch.equal(a.backbone.model.pos_embed, b.backbone.model.pos_embed)
     assert a.label == "random:vit_tiny_patch16_224"
+
+
+def test_a_convnet_names_its_average_pool_in_checkpoint_and_records(tmp_path):
+    """A ConvNet has one global feature: its conventions say avgpool wherever they are read, so a
+    stored result's checkpoint.eval and its records agree."""
+    from test_protocols_common import make_imagefolder
+
+    from ssl_bench.evaluate import evaluate
+
+    assert load_spec("random:resnet18").eval["feature"] == "avgpool"
+    sidecar = save_checkpoint(tmp_path / "c" / "checkpoint", Backbone("resnet18"), {"method": "mscn", "encoder": "online"})
+    assert json.loads(sidecar.read_text())["eval"]["feature"] == "avgpool"
+    assert load_checkpoint(sidecar).eval["feature"] == "avgpool"
+    assert load_spec("random:vit_tiny_patch16_224").eval["feature"] == "cls"  # a ViT keeps its CLS default
+    records, path = evaluate("knn", "random:resnet18", make_imagefolder(tmp_path / "d", classes=2, train=3, val=2),
+                             sets=["transform.resize=36", "transform.crop=32", "ks=[3]"], results_dir=tmp_path / "r",
+                             device="cpu")
+    stored = json.loads(path.read_text())
+    assert stored["checkpoint"]["eval"]["feature"] == "avgpool"
+    assert {r["feature"] for r in stored["records"]} == {"avgpool"}

@@ -177,17 +177,25 @@ def assert_ranks_agree_and_only_rank_0_wrote(tmp_path: Path, recipe: Path, out: 
     assert steps == [1, 2, 3, 4]  # the log, appended to by rank 0 alone
 
 
+def torchrun_rank_weights(tmp_path: Path, recipe: Path, out: Path, steps: int, *sets: str) -> tuple[dict, dict]:
+    """Pretrain ``recipe`` under torchrun with 2 CPU ranks, each rank's parameters dumped after
+    ``steps`` steps by ``rank_probe``. Returns (rank 0's, rank 1's)."""
+    torchrun = str(Path(PY).with_name("torchrun"))
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", str(rank_probe(tmp_path, steps)),
+           "--recipe", str(recipe), "--out", str(out), "--device", "cpu"]
+    for assignment in sets:
+        cmd += ["--set", assignment]
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+
+
 def test_torchrun_two_ranks_hold_identical_weights(tmp_path):
     data = make_images(tmp_path / "data", per_class=4)
     recipe = write_recipe(tmp_path, data, workers=0, every=0)
-    torchrun = str(Path(PY).with_name("torchrun"))
     out = tmp_path / "ddp"
-    # 8 images / 2 ranks / batch 2 -> 2 steps per epoch, 4 steps; a probe dumps each rank's weights
-    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(rank_probe(tmp_path, 4)),
-                           "--recipe", str(recipe), "--out", str(out), "--device", "cpu",
-                           "--set", "checkpoint.every_steps=2"],
-                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # 8 images / 2 ranks / batch 2 -> 2 steps per epoch, 4 steps
+    torchrun_rank_weights(tmp_path, recipe, out, 4, "checkpoint.every_steps=2")
     assert_ranks_agree_and_only_rank_0_wrote(tmp_path, recipe, out)
 
 

@@ -14,7 +14,6 @@ from ssl_bench.errors import UserError
 from ssl_bench.leaderboard import (build_table, bootstrap_ci, load_reported, pivot, render,
                                    write_leaderboard)
 from ssl_bench.leaderboard.plots import overview_figure, protocol_figure
-from ssl_bench.leaderboard.reported import DEFAULT_REPORTED, map_reference_name
 from ssl_bench.results import load_predictions, load_results, write_evaluation
 
 MSN = {"label": "run-a", "sha256": "a" * 64, "method": "msn", "arch": "vit_tiny"}
@@ -59,10 +58,10 @@ def test_rows_columns_and_mean_std_of_repeats(store):
 
 def test_three_splits_in_one_evaluation_give_mean_and_std(tmp_path):
     values = [47.0, 47.2, 46.9]
-    _write(tmp_path, "lowshot", MSN, [{"dataset": "imagenet", "metric": "top1_1img", "value": v,
+    _write(tmp_path, "lowshot", MSN, [{"dataset": "imagenet", "metric": "top1_1pct", "value": v,
                                        "split": i} for i, v in enumerate(values)])
     table = build_table(load_results(tmp_path), n_boot=0)
-    col = ("lowshot", "imagenet", "top1_1img")
+    col = ("lowshot", "imagenet", "top1_1pct")
     assert table.mean.at[ROW_MSN, col] == pytest.approx(sum(values) / 3)
     assert table.std.at[ROW_MSN, col] == pytest.approx(np.std(values, ddof=1))
     assert table.cell_text().at[ROW_MSN, col] == f"{sum(values) / 3:.1f} ± {np.std(values, ddof=1):.1f}"
@@ -107,11 +106,11 @@ def test_best_value_marking_per_column(store, tmp_path):
     assert "| knn / embedded / top1_k20 |" in md.replace("  ", "").replace(" |", " |")
     assert "**66.0**" in md and "**20.0**" in md and "**62.0 ± 2.8**" not in md
     # ties after rounding are all best; a column with one value marks nothing
-    _write(tmp_path / "r", "knn", MSN, [{"dataset": "d", "metric": "top1", "value": 70.04},
-                                        {"dataset": "solo", "metric": "top1", "value": 1.0}])
-    _write(tmp_path / "r", "knn", MMC, [{"dataset": "d", "metric": "top1", "value": 69.96}])
+    _write(tmp_path / "r", "knn", MSN, [{"dataset": "d", "metric": "top1_k10", "value": 70.04},
+                                        {"dataset": "solo", "metric": "top1_k10", "value": 1.0}])
+    _write(tmp_path / "r", "knn", MMC, [{"dataset": "d", "metric": "top1_k10", "value": 69.96}])
     tie = build_table(load_results(tmp_path / "r"), n_boot=0).best
-    assert tie[("knn", "d", "top1")].all() and not tie[("knn", "solo", "top1")].any()
+    assert tie[("knn", "d", "top1_k10")].all() and not tie[("knn", "solo", "top1_k10")].any()
 
 
 def _independent_bootstrap(arrays, scale, n_boot, confidence, seed):
@@ -177,38 +176,35 @@ def test_predictions_store_roundtrip_and_checks(tmp_path):
                                        "per_sample": correct}])
 
 
-def test_reported_csv_is_well_formed_and_uses_our_names():
+def test_reported_csv_is_well_formed_and_cites_its_tables():
     rep = load_reported()
-    assert DEFAULT_REPORTED.name == "reported.csv" and len(rep) > 50
-    assert not rep.duplicated(["method", "architecture", "epochs", "protocol", "dataset", "metric"]).any()
-    ours = {"knn", "linear", "lowshot", "finetune", "detection", "segmentation", "davis", "prompt_seg",
-            "linear_seg", "robustness"}
-    assert set(rep["protocol"]) <= ours
-    assert rep["source"].str.len().min() > 0 and rep["value"].between(0, 100).all()
-    row = rep[(rep.method == "SiameseIM") & (rep.protocol == "finetune")]
-    assert row["value"].tolist() == [84.1] and row["epochs"].tolist() == ["1600"]
-    # reference_results.csv names mapped to ours (one documented table)
-    assert map_reference_name("lowshot_logreg_1pct", "top1") == ("lowshot", "top1_1pct")
-    assert map_reference_name("davis", "JF_mean") == ("davis", "J&F_mean")
-    assert map_reference_name("detection_c4", "AP_mask") == ("detection", "AP_mask")
-    assert map_reference_name("knn", "top1") == ("knn", "top1_k20")
-    assert map_reference_name("linear", "top1") == ("linear", "top1")
+    assert len(rep) > 300 and set(rep["paper"]) == {"SiameseIM", "MSCN", "MSN", "ConMIM", "MMC", "DINO"}
+    assert not rep.duplicated(["paper", "method", "architecture", "epochs", "protocol", "dataset", "metric"]).any()
+    assert rep["source"].str.match(r"(SiameseIM|MSCN|MSN|ConMIM|MMC) paper Table \d|DINO repository README").all()
+    assert rep["value"].between(0, 100).all()
+    row = rep[(rep.method == "SiameseIM") & (rep.protocol == "finetune") & (rep.epochs == "1600")]
+    assert row["value"].tolist() == [84.1]
 
 
 def test_reported_rows_beside_measured(store):
     records = load_results(store)
     table = build_table(records, reported=True, n_boot=0)
-    dino = "DINO ViT-B/16 (reported)"
+    dino = "DINO ViT-B/16 (reported in DINO)"
     assert table.kinds[dino] == "reported"                      # knn is a measured protocol
     assert table.mean.at[dino, ("knn", "imagenet", "top1_k20")] == 76.1
     assert {col[0] for col in table.columns} == {"knn", "robustness"}  # only measured protocols
-    assert "SiameseIM ViT-B/16 1600ep (reported)" in table.rows         # its robustness numbers
+    assert "SiameseIM ViT-B/16 1600ep (reported in SiameseIM)" in table.rows  # its robustness numbers
     every = build_table(records, reported=True, reported_scope="all", n_boot=0)
-    assert every.mean.at["SiameseIM ViT-B/16 1600ep (reported)", ("finetune", "imagenet", "top1")] == 84.1
-    msn = every.cell_text().at["MSN ViT-S/16 800ep (reported)", ("lowshot", "imagenet", "top1_1img")]
+    siameseim = "SiameseIM ViT-B/16 1600ep (reported in SiameseIM)"
+    assert every.mean.at[siameseim, ("finetune", "imagenet", "top1")] == 84.1
+    msn = every.cell_text().at["MSN ViT-S/16 800ep (reported in MSN)", ("lowshot", "imagenet", "top1_1shot_mean")]
     assert msn == "47.1 ± 0.1"                                   # the paper's std over 3 splits
+    # one baseline, two papers: each paper's own number on its own row
+    moco = ("finetune", "imagenet", "top1")
+    assert every.mean.at["MoCo-v3 ViT-B/16 600ep (reported in SiameseIM)", moco] == 83.0
+    assert every.mean.at["MoCo-v3 ViT-B/16 600ep (reported in ConMIM)", moco] == 83.2
     assert every.rows.index(ROW_RANDOM) < every.rows.index(dino)  # measured rows first
-    assert "DINO README" in every.to_csv()
+    assert "DINO repository README" in every.to_csv()
     with pytest.raises(UserError, match="no such file"):
         build_table(records, reported="/no/such.csv")
 
@@ -253,7 +249,7 @@ def test_write_leaderboard_files(store, tmp_path):
         head = path.read_bytes()[:24]
         assert head[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", head[16:24])[0] > 300
     page = written["html"][0].read_text()
-    assert page.count("data:image/png;base64,") == 3 and "(reported)" in page
+    assert page.count("data:image/png;base64,") == 3 and "(reported in DINO)" in page
     assert "**66.0**" in written["md"][0].read_text()
     with pytest.raises(UserError, match="'svg'"):
         write_leaderboard(store, tmp_path / "x", formats=("svg",))
@@ -264,7 +260,7 @@ def test_cli_leaderboard(store, tmp_path, capsys):
     assert main(["--quiet", "leaderboard", "--results", str(store), "--out", str(out), "--reported",
                  "--baseline", "msn", "--bootstrap", "0"]) == 0
     text = out.read_text()
-    assert "DINO ViT-B/16 (reported)" in text and "Improve w.r.t." in text
+    assert "DINO ViT-B/16 (reported in DINO)" in text and "Improve w.r.t." in text
     assert main(["--quiet", "leaderboard", "--results", str(store), "--format", "png",
                  "--out", str(tmp_path / "fig.png")]) == 0
     assert (tmp_path / "fig.png").is_file() and (tmp_path / "fig.knn.png").is_file()
@@ -335,13 +331,98 @@ def test_markdown_leads_with_headline_metrics_then_one_section_per_protocol(tmp_
                               for m, v in (("top1_k20", 50.0), ("top5_k20", 80.0))])
     _write(root, "custom", MSN, [{"dataset": "d", "metric": "score", "value": 7.0}])
     table = build_table(load_results(root), n_boot=0)
-    assert table.headline_columns() == [("knn", "embedded", "top1_k20"), ("lowshot", "embedded", "top1_1pct"),
-                                        ("lowshot", "embedded", "top1_1shot_mean"), ("custom", "d", "score")]
+    # the schema's headline metrics, in its declaration order; an undeclared protocol's first column, last
+    assert table.headline_columns() == [("knn", "embedded", "top1_k20"), ("lowshot", "embedded", "top1_1shot_mean"),
+                                        ("lowshot", "embedded", "top1_1pct"), ("custom", "d", "score")]
     md = table.to_markdown()
     summary, sections = md.split("## knn")
     header = summary.split("## Summary")[1].strip().splitlines()[0]
     assert [h.strip() for h in header.strip("|").split("|")] == [
-        "model", "knn / embedded / top1_k20", "lowshot / embedded / top1_1pct",
-        "lowshot / embedded / top1_1shot_mean", "custom / d / score"]
+        "model", "knn / embedded / top1_k20", "lowshot / embedded / top1_1shot_mean",
+        "lowshot / embedded / top1_1pct", "custom / d / score"]
     assert "top1_1shot_std" not in summary and "| embedded / top1_1shot_std |" in sections.replace("  ", "")
     assert sections.index("## lowshot") < sections.index("## custom")
+
+
+def test_directions_come_from_the_schema(tmp_path):
+    """Best values, improvements and figures read each metric's direction from its protocol's schema:
+    the best 100-mCE is the highest, the best mCE, mean error and DAVIS decay the lowest, and a
+    statistic (the std over low-shot splits) is never marked and never 'improved'."""
+    root = tmp_path / "results"
+    for ckpt, score, error, std, decay in ((MSN, 60.0, 30.0, 1.0, 5.0), (MMC, 70.0, 20.0, 2.0, 3.0),
+                                           (RANDOM, 10.0, 90.0, 0.5, 9.0)):
+        _write(root, "robustness", ckpt, [{"dataset": "imagenet-c", "metric": "100-mCE", "value": score},
+                                          {"dataset": "imagenet-c", "metric": "mCE", "value": 100 - score},
+                                          {"dataset": "embedded-c", "metric": "mean_error", "value": error}])
+        _write(root, "lowshot", ckpt, [{"dataset": "embedded-imagenet", "metric": "top1_1shot_std", "value": std}])
+        _write(root, "davis", ckpt, [{"dataset": "embedded-davis", "metric": "J-Decay", "value": decay}])
+    table = build_table(load_results(root), baseline="random", n_boot=0)
+    one_minus, mce = ("robustness", "imagenet-c", "100-mCE"), ("robustness", "imagenet-c", "mCE")
+    error, std = ("robustness", "embedded-c", "mean_error"), ("lowshot", "embedded-imagenet", "top1_1shot_std")
+    decay = ("davis", "embedded-davis", "J-Decay")
+    for col in (one_minus, mce, error, decay):
+        assert table.best[col].to_dict() == {ROW_MMC: True, ROW_MSN: False, ROW_RANDOM: False}, col
+    assert not table.best[std].any() and table.undirected() == [std]
+    imp = table.improvement.loc[f"msn vit_tiny: improve w.r.t. {ROW_RANDOM}"]
+    assert (imp[one_minus], imp[mce], imp[error], imp[decay]) == (50.0, 50.0, 60.0, 4.0)  # all better: positive
+    assert math.isnan(imp[std])
+    worse = build_table(load_results(root), baseline="mmc", targets=["msn"], n_boot=0).improvement.iloc[0]
+    assert (worse[one_minus], worse[mce], worse[error], worse[decay]) == (-10.0, -10.0, -10.0, -2.0)
+    heat = overview_figure(table).axes[0].images[0].get_array()
+    columns = table.mean.columns.tolist()
+    assert [heat[0, columns.index(c)] for c in (one_minus, mce, error, decay)] == [1.0] * 4  # mmc: best everywhere
+    assert heat.mask[:, columns.index(std)].all()                                          # no colour scale
+    labels = {ax.get_xlabel() for ax in protocol_figure(table, "robustness").axes if ax.get_visible()}
+    assert labels == {"100-mCE (higher is better)", "mCE (lower is better)", "mean_error (lower is better)"}
+    assert protocol_figure(table, "lowshot").axes[0].get_xlabel() == "top1_1shot_std"
+    assert not any(line.startswith("Not declared") for line in table.legend())
+
+
+def test_an_undeclared_metric_is_neither_marked_nor_improved_and_the_legend_says_so(store):
+    _write(store, "knn", MSN, [{"dataset": "embedded", "metric": "made_up", "value": 1.0}])
+    _write(store, "knn", MMC, [{"dataset": "embedded", "metric": "made_up", "value": 2.0}])
+    table = build_table(load_results(store), baseline="random", n_boot=0)
+    col = ("knn", "embedded", "made_up")
+    assert not table.best[col].any() and table.improvement[col].isna().all()
+    assert "Not declared by any protocol's schema (no best value, no improvement): knn / embedded / made_up." \
+        in table.legend()
+
+
+def test_measured_cells_read_back_from_the_long_form_csv(store, tmp_path):
+    from ssl_bench.leaderboard import measured_from_csv
+
+    rng = np.random.default_rng(0)
+    hits = (rng.random(200) < 0.7).astype(np.uint8)
+    _write(store, "linear", MSN, [{"dataset": "embedded", "metric": "top1", "value": 100 * hits.mean(),
+                                   "per_sample": hits}])
+    table = build_table(load_results(store), reported=True, baseline="random", n_boot=200)
+    path = tmp_path / "board.csv"
+    path.write_text(table.to_csv())
+    cells = measured_from_csv(path)
+    assert set(cells["kind"]) == {"measured", "random"}
+    again = build_table(None, measured=cells, n_boot=0, provenance=["Measured: read from board.csv."])
+    for stat in ("mean", "std", "count", "ci_low", "ci_high"):
+        pd.testing.assert_frame_equal(getattr(again, stat), getattr(table, stat).loc[again.rows, again.columns],
+                                      check_exact=False, rtol=1e-5)
+    assert not math.isnan(again.ci_low.at[ROW_MSN, ("linear", "embedded", "top1")])
+    assert again.legend()[-1] == "Measured: read from board.csv."
+    old = tmp_path / "old.csv"
+    old.write_text(pd.read_csv(path).drop(columns=["method", "arch"]).to_csv(index=False))
+    with pytest.raises(UserError, match="no column method, arch"):
+        measured_from_csv(old)
+
+
+def test_cli_reads_the_committed_demo_leaderboard_when_there_is_no_results_folder(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    (tmp_path / "leaderboards").mkdir()
+    committed = Path(__file__).resolve().parents[1] / "leaderboards" / "embedded.csv"
+    (tmp_path / "leaderboards" / "embedded.csv").write_bytes(committed.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    assert main(["leaderboard", "--format", "md", "--bootstrap", "0"]) == 0
+    out = capsys.readouterr()
+    assert "reading the committed demo leaderboard leaderboards/embedded.csv" in out.err
+    assert "msn vit_tiny_patch16_224 (msn_tiny)" in out.out and "Measured: read from the leaderboard" in out.out
+    (tmp_path / "leaderboards" / "embedded.csv").unlink()
+    assert main(["leaderboard"]) == 2
+    assert "--results results: no such folder" in capsys.readouterr().err

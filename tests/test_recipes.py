@@ -70,3 +70,23 @@ def test_parse_assignment():
     assert parse_assignment("name=vit_small") == {"name": "vit_small"}
     with pytest.raises(UserError, match="expected KEY.SUB=VALUE"):
         parse_assignment("novalue")
+
+
+def test_set_adds_keys_to_a_mapping_the_defaults_leave_open(tmp_path):
+    """An open mapping stays open after a recipe file filled it: --set adds a second key (robustness'
+    `linear: {}` filled with {variant: mae} by robustness_tiny.yaml takes --set linear.epochs=10)."""
+    recipe = write(tmp_path, "r.yaml", "extra: {variant: mae}\n")
+    out = resolve(DEFAULTS, recipe, ["extra.epochs=10", "extra.optim.lrs=[0.1]", "extra.optim.name=sgd"])
+    assert out["extra"] == {"variant": "mae", "epochs": 10, "optim": {"lrs": [0.1], "name": "sgd"}}
+    with pytest.raises(UserError, match="'optim.nope'"):  # a closed mapping stays closed
+        resolve(DEFAULTS, recipe, ["optim.nope=1"])
+
+
+def test_the_robustness_tiny_recipe_takes_linear_overrides():
+    from pathlib import Path
+
+    from ssl_bench.evaluate import resolve_protocol_recipe
+
+    recipe = Path(__file__).resolve().parents[1] / "protocols" / "robustness_tiny.yaml"
+    out = resolve_protocol_recipe("robustness", recipe, ["linear.epochs=10"])
+    assert out["linear"]["epochs"] == 10 and out["linear"]["variant"] == "mae"

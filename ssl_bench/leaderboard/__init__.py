@@ -12,19 +12,25 @@ Python API (what ``ssl-bench leaderboard`` and ``make demo`` call)::
     write_leaderboard("results", "leaderboards/demo", formats=("md", "csv", "html", "png"),
                       reported=True, baseline="msn")   # -> {fmt: [paths written]}
 
-``build_table(records, *, reported=None, baseline=None, targets=None, n_boot=1000,
+``build_table(records, *, measured=None, reported=None, baseline=None, targets=None, n_boot=1000,
 confidence=0.95, seed=0, digits=1, reported_scope="measured", title=...) -> ComparisonTable``
 
 - rows: one per checkpoint, labelled ``method arch (checkpoint label)``
   (``random init ARCH`` for ``random:`` baselines), then reported rows
-  ``Method Arch <epochs>ep (reported)``, then ``Improve w.r.t. <baseline>`` rows;
+  ``Method Arch <epochs>ep (reported in PAPER)``, then ``Improve w.r.t. <baseline>`` rows;
 - columns: (protocol, dataset, metric), grouped headers in HTML/LaTeX, flattened to
-  ``protocol / dataset / metric`` in Markdown;
+  ``protocol / dataset / metric`` in Markdown, ordered as the protocols' schemas declare them
+  (``ssl_bench.schema``; each protocol class carries its own);
 - cells: mean over repeats (seeds, splits, re-runs) with ``± std`` (ddof 1) when n > 1 and a
   bootstrap interval ``[low, high]`` when every repeat stored per-sample predictions
   (``ssl_bench.results`` docstring; algorithm in ``ssl_bench.leaderboard.stats``);
-- best value per column in bold (only in columns with >= 2 values; lower is better for
-  error metrics, see ``stats.lower_is_better``).
+- best value per column in bold (only in columns with >= 2 values), higher or lower as the
+  protocol's schema declares the metric (``stats.direction``); statistics without a direction
+  and metrics no schema declares are never marked, and get no improvement;
+- the Markdown summary shows each protocol's headline metrics (its schema's ``headline``).
+
+``measured_from_csv(path)`` reads the measured cells back from a long-form CSV (``to_csv``;
+e.g. the committed demo leaderboard), for ``build_table(None, measured=...)``.
 
 ``ComparisonTable``: long form ``cells`` / ``improvements`` plus wide views ``mean``, ``std``,
 ``count``, ``ci_low``, ``ci_high``, ``best``, ``improvement``; ``render(fmt)``, ``to_markdown()``,
@@ -34,8 +40,9 @@ confidence=0.95, seed=0, digits=1, reported_scope="measured", title=...) -> Comp
 ``out_stem.<protocol>.png`` (bar charts); ``plots.protocol_figure`` / ``plots.overview_figure``
 return the matplotlib Figures.
 
-Reported numbers: ``leaderboards/reported.csv`` (``reported`` module, which also holds the
-name mapping of ``convert_reference``).
+Reported numbers: the packaged ``reported.csv`` (``reported`` module), every row in a
+protocol's own names. Paper tables: ``papers.paper_table(name, measured)`` lays out a seed
+paper's main table with the reported value, ours and the difference (``papers`` module).
 
 The foundation's ``pivot(records)``, ``render(table, fmt)`` and ``write(text, out)`` stay
 as they were (``render`` also accepts a ComparisonTable).
@@ -47,14 +54,13 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..results import load_results
-from .basic import FORMATS, pivot, render, write
-from .reported import DEFAULT_REPORTED, REFERENCE_NAMES, convert_reference, load_reported
-from .stats import DEFAULT_BOOTSTRAP, DEFAULT_CONFIDENCE, DEFAULT_SEED, bootstrap_ci, lower_is_better
-from .table import FILE_FORMATS, TEXT_FORMATS, ComparisonTable, build_table, check_formats
+from .basic import FIGURES, FORMATS, is_text, pivot, render, write
+from .reported import load_reported
+from .stats import DEFAULT_BOOTSTRAP, DEFAULT_CONFIDENCE, DEFAULT_SEED, bootstrap_ci, direction
+from .table import ComparisonTable, build_table, check_formats, measured_from_csv
 
-__all__ = ["FORMATS", "FILE_FORMATS", "TEXT_FORMATS", "ComparisonTable", "build_table", "pivot",
-           "render", "write", "write_leaderboard", "load_reported", "convert_reference",
-           "REFERENCE_NAMES", "DEFAULT_REPORTED", "bootstrap_ci", "lower_is_better",
+__all__ = ["FORMATS", "FIGURES", "is_text", "ComparisonTable", "build_table", "measured_from_csv", "pivot",
+           "render", "write", "write_leaderboard", "load_reported", "bootstrap_ci", "direction",
            "DEFAULT_BOOTSTRAP", "DEFAULT_CONFIDENCE", "DEFAULT_SEED"]
 
 

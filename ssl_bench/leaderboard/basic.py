@@ -7,9 +7,15 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import UserError
-from .table import ComparisonTable
 
-FORMATS = ("md", "csv", "tex", "html")
+FIGURES = "png"
+#: Every leaderboard format: text (Markdown, long-form CSV, LaTeX, HTML page) and the figures,
+#: which are written as files only.
+FORMATS = ("md", "csv", "tex", "html", FIGURES)
+
+
+def is_text(fmt: str) -> bool:
+    return fmt in FORMATS and fmt != FIGURES
 
 
 def pivot(records: pd.DataFrame) -> pd.DataFrame:
@@ -28,10 +34,10 @@ def render(table, fmt: str, *, digits: int = 2) -> str:
     ``table`` is a ``pivot`` DataFrame or a ``ComparisonTable`` (then rendered by
     ``ComparisonTable.render``, with its own digits).
     """
-    if isinstance(table, ComparisonTable):
+    if not isinstance(table, pd.DataFrame):  # a ComparisonTable (whose module imports this one)
         return table.render(fmt)
-    if fmt not in FORMATS:
-        raise UserError(f"--format {fmt}: unknown format; valid: {', '.join(FORMATS)}")
+    if not is_text(fmt):
+        raise UserError(f"--format {fmt}: not a text format; valid: {', '.join(f for f in FORMATS if is_text(f))}")
     if table.empty:
         return "(no results)\n"
     if fmt == "csv":

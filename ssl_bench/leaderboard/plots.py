@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .stats import lower_is_better
+from ..schema import LOWER, NEUTRAL
+from .stats import direction
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -90,9 +91,9 @@ def protocol_figure(table, protocol: str) -> Figure:
         for yi, v, e in zip(y, vals, err[1]):  # the value right of its error bar
             ax.text(v + e, yi, f"  {v:.{table.digits}f}", va="center", ha="left", fontsize=8)
         ax.set_yticks(y, rows, fontsize=8)
-        arrow = "lower is better" if lower_is_better(col[2]) else "higher is better"
+        way = direction(col[0], col[2])
         ax.set_title(f"{col[1]} / {col[2]}", fontsize=10)
-        ax.set_xlabel(f"{col[2]} ({arrow})", fontsize=8)
+        ax.set_xlabel(col[2] if way == NEUTRAL else f"{col[2]} ({way} is better)", fontsize=8)
         top = np.nanmax(np.concatenate([vals + err[1], [0]]))
         ax.set_xlim(min(0, np.nanmin(vals)), top * 1.2 if top > 0 else 1)
         ax.grid(axis="x", alpha=0.3)
@@ -104,20 +105,21 @@ def protocol_figure(table, protocol: str) -> Figure:
 
 def overview_figure(table) -> Figure:
     """Heat map rows x columns, coloured by the value's position between the column's worst
-    (0) and best (1), annotated with the value; grey where not evaluated."""
+    (0) and best (1), annotated with the value; grey where not evaluated and in columns without
+    a direction (statistics, undeclared metrics)."""
     mean = table.mean
     if mean.empty or mean.notna().sum().sum() == 0:
         return _empty("no results")
     data = mean.to_numpy(dtype=float)
     score = np.full_like(data, np.nan)
     for j, col in enumerate(mean.columns):
-        column = data[:, j]
+        column, way = data[:, j], direction(col[0], col[2])
         ok = ~np.isnan(column)
-        if not ok.any():
+        if not ok.any() or way == NEUTRAL:
             continue
         lo, hi = column[ok].min(), column[ok].max()
         scaled = np.ones(ok.sum()) if hi == lo else (column[ok] - lo) / (hi - lo)
-        score[ok, j] = 1 - scaled if lower_is_better(col[2]) else scaled
+        score[ok, j] = 1 - scaled if way == LOWER else scaled
     nrows, ncols = data.shape
     fig = _figure(figsize=(3.0 + 0.85 * ncols, 2.2 + 0.38 * nrows), layout="constrained")
     ax = fig.subplots()

@@ -12,27 +12,39 @@ Bootstrap (percentile method), exactly::
 ``a_j`` is evaluation j's per-sample score (0/1 correctness for accuracies), ``scale_j``
 100 for metrics in percent. Samples are resampled independently per evaluation, so with
 several seeds the interval is that of their average.
+
+Which way a metric is better comes from its protocol's schema (``direction``); the interval
+itself does not depend on it.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
+
+from ..protocols import schema_of
+from ..schema import NEUTRAL, Metric
 
 DEFAULT_BOOTSTRAP = 1000      # resamples
 DEFAULT_CONFIDENCE = 0.95     # two-sided percentile interval
 DEFAULT_SEED = 0
 _CHUNK_ELEMENTS = 1 << 22     # resample indices held at once (memory bound)
 
-_LOWER_IS_BETTER = re.compile(r"(error|loss|decay|(^|[^a-z])mce)", re.IGNORECASE)
+
+@lru_cache(maxsize=None)
+def declaration(protocol: str, metric: str) -> Metric | None:
+    """The protocol's schema entry for ``metric``; None when no protocol declares it."""
+    schema = schema_of(protocol)
+    return schema.metric(metric) if schema is not None else None
 
 
-def lower_is_better(metric: str) -> bool:
-    """Error-type metrics (``*error*``, ``*loss*``, ``mCE``, DAVIS ``*decay*``); not
-    ``one_minus_mCE``. Everything else (accuracy, AP, mIoU, J&F) is higher-is-better."""
-    return bool(_LOWER_IS_BETTER.search(metric)) and not metric.lower().startswith("one_minus")
+def direction(protocol: str, metric: str) -> str:
+    """``higher`` or ``lower`` (is better), as the protocol's schema declares ``metric``; ``none``
+    for a statistic (a std, a chosen threshold) and for a metric no protocol declares."""
+    found = declaration(protocol, metric)
+    return found.direction if found is not None else NEUTRAL
 
 
 def bootstrap_ci(samples: Sequence[np.ndarray], *, scales: Sequence[float] | None = None,

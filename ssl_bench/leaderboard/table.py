@@ -14,23 +14,18 @@ import pandas as pd
 
 from ..atomic import atomic_write, atomic_write_bytes
 from ..errors import UserError
+from ..protocols import schema_of
 from ..results import load_predictions
+from ..schema import LOWER, NEUTRAL, dataset_format
+from .basic import FIGURES, FORMATS, is_text
 from .plots import figure_png, overview_figure, protocol_figure
 from .reported import load_reported, reported_label
-from .stats import (DEFAULT_BOOTSTRAP, DEFAULT_CONFIDENCE, DEFAULT_SEED, bootstrap_ci, lower_is_better,
-                    mean_std)
+from .stats import (DEFAULT_BOOTSTRAP, DEFAULT_CONFIDENCE, DEFAULT_SEED, bootstrap_ci, declaration,
+                    direction, mean_std)
 
-TEXT_FORMATS = ("md", "csv", "tex", "html")
-FILE_FORMATS = TEXT_FORMATS + ("png",)
 COLUMN_LEVELS = ["protocol", "dataset", "metric"]
-PROTOCOL_ORDER = ["knn", "linear", "lowshot", "finetune_1pct", "finetune", "detection", "segmentation",
-                  "linear_seg", "prompt_seg", "davis", "robustness"]
-# the Markdown summary's columns: per protocol, the metrics papers lead with (every metric of a
-# protocol is in its own section below the summary, and in the CSV / HTML / LaTeX outputs)
-HEADLINE_METRICS = {"knn": ("top1_k20",), "linear": ("top1",), "lowshot": ("top1_1shot_mean", "top1_1pct"),
-                    "finetune_1pct": ("top1",), "finetune": ("top1",), "detection": ("bbox_AP", "segm_AP"),
-                    "segmentation": ("mIoU",), "linear_seg": ("mIoU",), "prompt_seg": ("mIoU@opt",),
-                    "davis": ("J&F-Mean",), "robustness": ("top1", "mCE", "mean_error")}
+CELL_COLUMNS = ["row", "kind", "method", "arch"] + COLUMN_LEVELS + ["mean", "std", "n", "ci_low", "ci_high",
+                                                                    "source", "note"]
 KIND_ORDER = {"measured": 0, "random": 1, "reported": 2}
 MISSING = "–"
 REPORTED_SCOPES = ("measured", "all")
@@ -41,9 +36,15 @@ def _natural(text) -> tuple:
 
 
 def _column_key(col: tuple) -> tuple:
+    """Protocols in their schema's order, then datasets in the schema's format order, then metrics
+    in declaration order; what no protocol declares goes last, by name."""
     protocol, dataset, metric = col
-    rank = PROTOCOL_ORDER.index(protocol) if protocol in PROTOCOL_ORDER else len(PROTOCOL_ORDER)
-    return rank, _natural(protocol), _natural(dataset), _natural(metric)
+    schema = schema_of(protocol)
+    if schema is None:
+        return math.inf, _natural(protocol), 0, _natural(dataset), 0, _natural(metric)
+    fmt = dataset_format(dataset, schema.datasets)
+    fmt_rank = schema.datasets.index(fmt) if fmt is not None else len(schema.datasets)
+    return schema.order, _natural(protocol), fmt_rank, _natural(dataset), schema.rank(metric), _natural(metric)
 
 
 def _text(value) -> str:
@@ -144,16 +145,19 @@ class ComparisonTable:
     @property
     def best(self) -> pd.DataFrame:
         """True where a cell holds the column's best mean (after rounding to ``digits``; ties
-        all marked); only in columns with at least two values."""
+        all marked); only in columns with at least two values and a direction in the schema."""
         mean = self.mean.round(self.digits)
         best = pd.DataFrame(False, index=mean.index, columns=mean.columns)
         for col in mean.columns:
-            values = mean[col].dropna()
-            if len(values) < 2:
+            values, way = mean[col].dropna(), direction(col[0], col[2])
+            if len(values) < 2 or way == NEUTRAL:
                 continue
-            target = values.min() if lower_is_better(col[2]) else values.max()
-            best[col] = mean[col] == target
+            best[col] = mean[col] == (values.min() if way == LOWER else values.max())
         return best
+
+    def undirected(self) -> list[tuple]:
+        """Columns without a direction: statistics the schema declares so, and undeclared metrics."""
+        return [col for col in self.columns if direction(col[0], col[2]) == NEUTRAL]
 
     # ---------------------------------------------------------------- cell text
     def cell_text(self) -> pd.DataFrame:
@@ -193,27 +197,31 @@ class ComparisonTable:
         if self.cells["ci_low"].notna().any():
             cells += (f"; `[low, high]` = {pct} percentile bootstrap interval of the mean from the "
                       f"stored per-sample predictions (B = {self.n_boot} resamples, seed {self.seed})")
-        lines = [cells + ".", "Bold: best value per column (lower is better only for error metrics); "
-                 "`–`: not evaluated."]
+        lines = [cells + ".", "Bold: best value per column, higher or lower as each protocol declares the "
+                 "metric; `–`: not evaluated."]
+        undeclared = [col for col in self.undirected() if declaration(col[0], col[2]) is None]
+        if undeclared:
+            lines.append(f"Not declared by any protocol's schema (no best value, no improvement): "
+                         f"{', '.join(' / '.join(col) for col in undeclared)}.")
         if (self.cells["kind"] == "reported").any():
-            lines.append("Rows marked (reported) are published numbers (leaderboards/reported.csv: paper "
+            lines.append("Rows marked (reported in PAPER) are published numbers (ssl-bench's reported.csv: paper "
                          "and table in its `source` column), not measured here; their `±` is the paper's.")
         if self.baseline is not None:
             lines.append(f"Improve w.r.t. {_short(self.baseline)}: difference of the means to the row "
-                         f"{self.baseline} (positive = better).")
+                         f"{self.baseline} (positive = better; none for statistics without a direction).")
         return lines + self.provenance
 
     # ---------------------------------------------------------------- renderers
     def render(self, fmt: str) -> str:
-        if fmt not in TEXT_FORMATS:
-            raise UserError(f"--format {fmt}: unknown text format; valid: {', '.join(TEXT_FORMATS)} "
-                            "(png is written as a file: write_leaderboard or --out)")
+        if not is_text(fmt):
+            raise UserError(f"--format {fmt}: unknown text format; valid: {', '.join(f for f in FORMATS if is_text(f))} "
+                            f"({FIGURES} is written as files: write_leaderboard or --out)")
         return {"md": self.to_markdown, "csv": self.to_csv, "tex": self.to_latex,
                 "html": self.to_html}[fmt]()
 
     def headline_columns(self) -> list[tuple]:
-        """The summary's columns: ``HEADLINE_METRICS`` of each protocol (else its first column)."""
-        columns = [c for c in self.columns if c[2] in HEADLINE_METRICS.get(c[0], ())]
+        """The summary's columns: the headline metrics of each protocol's schema (else its first column)."""
+        columns = [c for c in self.columns if schema_of(c[0]) is not None and c[2] in schema_of(c[0]).headline]
         covered = {c[0] for c in columns}
         columns += [next(c for c in self.columns if c[0] == p) for p in self.protocols() if p not in covered]
         return sorted(columns, key=_column_key)
@@ -253,8 +261,7 @@ class ComparisonTable:
                                                cells["metric"])]
         imp = self.improvements.rename(columns={"delta": "mean"}).assign(kind="improvement")
         out = pd.concat([cells, imp], ignore_index=True)
-        columns = ["row", "kind", "protocol", "dataset", "metric", "mean", "std", "n", "ci_low",
-                   "ci_high", "best", "target", "source", "note"]
+        columns = CELL_COLUMNS[:-2] + ["best", "target", "source", "note"]
         for column in columns:
             if column not in out.columns:
                 out[column] = None
@@ -361,7 +368,7 @@ class ComparisonTable:
         out_stem = Path(out_stem)
         written: dict[str, list[Path]] = {}
         for fmt in formats:
-            if fmt == "png":
+            if fmt == FIGURES:
                 paths = []
                 for name, png in self.figure_pngs().items():
                     suffix = ".png" if name == "overview" else \
@@ -388,8 +395,8 @@ def _img(png: bytes, alt: str) -> str:
 def check_formats(formats) -> list[str]:
     formats = [formats] if isinstance(formats, str) else list(formats)
     for fmt in formats:
-        if fmt not in FILE_FORMATS:
-            raise UserError(f"format {fmt!r}: unknown; valid: {', '.join(FILE_FORMATS)}")
+        if fmt not in FORMATS:
+            raise UserError(f"format {fmt!r}: unknown; valid: {', '.join(FORMATS)}")
     return formats
 
 
@@ -424,34 +431,54 @@ def _measured_cells(records: pd.DataFrame, *, n_boot: int, confidence: float, se
                 samples.append(cache[path][key])
             low, high = bootstrap_ci(samples, scales=group["predictions_scale"].astype(float).tolist(),
                                      n_boot=n_boot, confidence=confidence, seed=seed)
-        out.append({"row": row, "kind": group["kind"].iloc[0], "protocol": protocol, "dataset": dataset,
+        out.append({"row": row, "kind": group["kind"].iloc[0], "method": group["method"].iloc[0],
+                    "arch": group["arch"].iloc[0], "protocol": protocol, "dataset": dataset,
                     "metric": metric, "mean": mean, "std": std, "n": n, "ci_low": low, "ci_high": high,
                     "source": "measured", "note": ""})
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, columns=CELL_COLUMNS)
+
+
+def measured_from_csv(path: Path) -> pd.DataFrame:
+    """The measured and random-init cells of a leaderboard's long form (``ComparisonTable.to_csv``),
+    statistics as computed when it was written (the committed demo leaderboard is one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--results {path}: no such file; give a results folder or a leaderboard CSV "
+                        "(ssl-bench leaderboard --format csv)")
+    table = pd.read_csv(path, keep_default_na=False, na_values={c: [""] for c in ("mean", "std", "n", "ci_low",
+                                                                                  "ci_high")})
+    missing = [c for c in CELL_COLUMNS if c not in table.columns]
+    if missing:
+        raise UserError(f"{path}: not a leaderboard long form of this version (no column {', '.join(missing)}); "
+                        "write it again with ssl-bench leaderboard --format csv")
+    cells = table[table["kind"].isin(["measured", "random"])][CELL_COLUMNS].reset_index(drop=True)
+    for column in ("dataset", "metric"):
+        cells[column] = cells[column].astype(str)
+    return cells
 
 
 def _reported_cells(reported: pd.DataFrame) -> pd.DataFrame:
     out = []
     for r in reported.itertuples(index=False):
-        out.append({"row": reported_label(r.method, r.architecture, r.epochs), "kind": "reported",
+        out.append({"row": reported_label(r.paper, r.method, r.architecture, r.epochs), "kind": "reported",
+                    "method": r.method, "arch": _text(r.architecture),
                     "protocol": r.protocol, "dataset": r.dataset, "metric": r.metric,
                     "mean": float(r.value), "std": float(r.std) if pd.notna(r.std) else float("nan"),
                     "n": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
                     "source": r.source, "note": _text(r.note)})
-    cells = pd.DataFrame(out)
-    if not cells.empty:
-        dup = cells.duplicated(["row"] + COLUMN_LEVELS, keep=False)
-        if dup.any():
-            first = cells[dup].iloc[0]
-            raise UserError(f"reported numbers: {first['row']} has several values for "
-                            f"{first['protocol']} / {first['dataset']} / {first['metric']}; keep one "
-                            "row per (method, architecture, epochs, protocol, dataset, metric)")
+    cells = pd.DataFrame(out, columns=CELL_COLUMNS)
+    dup = cells.duplicated(["row"] + COLUMN_LEVELS, keep=False)
+    if dup.any():
+        first = cells[dup].iloc[0]
+        raise UserError(f"reported numbers: {first['row']} has several values for "
+                        f"{first['protocol']} / {first['dataset']} / {first['metric']}; keep one "
+                        "row per (paper, method, architecture, epochs, protocol, dataset, metric)")
     return cells
 
 
 def _short(row: str) -> str:
     """A row label without its trailing ``(checkpoint label)``."""
-    return re.sub(r" \((?!reported\))[^()]*\)$", "", row)
+    return re.sub(r" \((?!reported in )[^()]*\)$", "", row)
 
 
 def resolve_row(name: str, table_rows: list[str], cells: pd.DataFrame, *, what: str = "--baseline") -> str:
@@ -461,8 +488,8 @@ def resolve_row(name: str, table_rows: list[str], cells: pd.DataFrame, *, what: 
     lowered = name.lower()
     matches = [row for row in table_rows
                if row.lower().startswith(lowered + " ") or f"({lowered})" in row.lower()
-               or row.lower() == f"{lowered} (reported)"]
-    measured = [row for row in matches if not row.endswith("(reported)")]
+               or (row.lower().startswith(lowered + " (reported in ") and row.endswith(")"))]
+    measured = [row for row in matches if " (reported in " not in row]
     matches = measured or matches
     if len(matches) == 1:
         return matches[0]
@@ -473,14 +500,16 @@ def resolve_row(name: str, table_rows: list[str], cells: pd.DataFrame, *, what: 
     raise UserError(f"{what} {name!r} matches several rows: {'; '.join(matches)}; give one full row label")
 
 
-def build_table(records: pd.DataFrame, *, reported=None, baseline: str | None = None,
-                targets: list[str] | None = None, n_boot: int = DEFAULT_BOOTSTRAP,
+def build_table(records: pd.DataFrame | None, *, measured: pd.DataFrame | None = None, reported=None,
+                baseline: str | None = None, targets: list[str] | None = None, n_boot: int = DEFAULT_BOOTSTRAP,
                 confidence: float = DEFAULT_CONFIDENCE, seed: int = DEFAULT_SEED, digits: int = 1,
-                reported_scope: str = "measured", title: str = "ssl-bench leaderboard") -> ComparisonTable:
-    """The comparison table of ``records`` (a ``load_results`` DataFrame).
+                reported_scope: str = "measured", title: str = "ssl-bench leaderboard",
+                provenance: list[str] = ()) -> ComparisonTable:
+    """The comparison table of ``records`` (a ``load_results`` DataFrame), or of ``measured``
+    cells computed before (``measured_from_csv``; then ``provenance`` says where they come from).
 
-    reported: None/False (none), True (``leaderboards/reported.csv``), a CSV path or a
-        DataFrame in that CSV's columns; rows labelled ``... (reported)``.
+    reported: None/False (none), True (the packaged reported.csv), a CSV path or a
+        DataFrame in that CSV's columns; rows labelled ``... (reported in PAPER)``.
     reported_scope: ``measured`` keeps reported rows of the protocols that have measured
         results (all if there are none); ``all`` keeps every reported row.
     baseline: row to compare with (row label, checkpoint label or method name); adds one
@@ -496,8 +525,8 @@ def build_table(records: pd.DataFrame, *, reported=None, baseline: str | None = 
     superseded = 0
     if records is not None and not records.empty:
         records, superseded = latest_recipe_only(records)
-    measured = (_measured_cells(records, n_boot=n_boot, confidence=confidence, seed=seed)
-                if records is not None and not records.empty else pd.DataFrame())
+        measured = _measured_cells(records, n_boot=n_boot, confidence=confidence, seed=seed)
+    measured = pd.DataFrame(columns=CELL_COLUMNS) if measured is None else measured
     parts = [measured] if not measured.empty else []
     if reported is not None and reported is not False:
         table = reported if isinstance(reported, pd.DataFrame) else \
@@ -507,8 +536,7 @@ def build_table(records: pd.DataFrame, *, reported=None, baseline: str | None = 
         rep = _reported_cells(table)
         if not rep.empty:
             parts.append(rep)
-    cells = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-        columns=["row", "kind"] + COLUMN_LEVELS + ["mean", "std", "n", "ci_low", "ci_high", "source", "note"])
+    cells = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=CELL_COLUMNS)
     if not cells.empty:
         order = cells.drop_duplicates("row")
         rows = sorted(order["row"], key=lambda r: (KIND_ORDER[order.set_index("row").at[r, "kind"]],
@@ -534,10 +562,10 @@ def build_table(records: pd.DataFrame, *, reported=None, baseline: str | None = 
                      else f"Improve w.r.t. {_short(base)}")
             improvement_rows.append(label)
             for col in columns:
-                t, b = means.get((target, *col)), means.get((base, *col))
-                if t is None or b is None:
+                t, b, way = means.get((target, *col)), means.get((base, *col)), direction(col[0], col[2])
+                if t is None or b is None or way == NEUTRAL:
                     continue
-                delta = (b - t) if lower_is_better(col[2]) else (t - b)
+                delta = (b - t) if way == LOWER else (t - b)
                 records_out.append({"row": label, "target": target, "protocol": col[0],
                                     "dataset": col[1], "metric": col[2], "delta": float(delta)})
         if records_out:
@@ -545,7 +573,7 @@ def build_table(records: pd.DataFrame, *, reported=None, baseline: str | None = 
     return ComparisonTable(cells=cells, improvements=improvements, rows=rows, columns=columns,
                            baseline=base, digits=digits, n_boot=n_boot, confidence=confidence, seed=seed,
                            title=title, improvement_rows=improvement_rows,
-                           provenance=provenance_lines(records, superseded))
+                           provenance=provenance_lines(records, superseded) + list(provenance))
 
 
 def _listed(values) -> str:

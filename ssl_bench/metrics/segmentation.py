@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..schema import Metric
+
 IGNORE_INDEX = 255
+
+#: What the segmentation protocols report (x100).
+SEGMENTATION_METRICS = (Metric("mIoU", description="mean over classes of IoU (mmseg IoUMetric)"),
+                        Metric("mAcc", description="mean over classes of pixel accuracy"),
+                        Metric("aAcc", description="pixel accuracy over all pixels"))
 
 
 def reduce_zero_label(label: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:

@@ -1,8 +1,11 @@
 """Evaluation protocols, one module each, registered by name.
 
-A protocol is a class registered with ``@PROTOCOLS.register("name")`` whose package
-defaults live in ``ssl_bench/defaults/protocols/<name>.yaml``; ``run`` returns the
-result records (``dataset``, ``metric``, ``value`` and optional extras).
+A protocol is a ``Protocol`` subclass registered with ``@PROTOCOLS.register("name")`` (which
+gives the class its ``name``); its package defaults live in
+``ssl_bench/defaults/protocols/<name>.yaml``; its ``schema`` (``ssl_bench.schema``) declares the
+dataset formats and metrics of its records, their units and directions, its headline metrics
+and its place in leaderboards. ``run`` returns the result records (``dataset``, ``metric``,
+``value`` and optional extras); ``evaluate`` refuses to store a record the schema does not declare.
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from ..checkpoints import Checkpoint
 from ..registry import Registry
+from ..schema import Schema
 
 
 @dataclass
@@ -31,7 +36,8 @@ class EvalContext:
 class Protocol(ABC):
     """Base class of every protocol."""
 
-    name: str = ""
+    name: ClassVar[str]  # set by PROTOCOLS.register
+    schema: ClassVar[Schema]
 
     @abstractmethod
     def run(self, ctx: EvalContext) -> list[dict]:
@@ -39,3 +45,8 @@ class Protocol(ABC):
 
 
 PROTOCOLS: Registry[type[Protocol]] = Registry("protocol", __name__)
+
+
+def schema_of(protocol: str) -> Schema | None:
+    """The schema of the protocol named ``protocol``; None when no protocol has that name."""
+    return PROTOCOLS.get(protocol).schema if protocol in PROTOCOLS.names() else None

@@ -8,7 +8,10 @@ norm, input filter, precision, augmentation pass) are computed once and stored a
     CACHE/<key hash>/key.json       the key itself, written last (marks the entry complete)
 
 each file written atomically (temporary file, fsync, rename), so concurrent evaluations
-never read half a file and an interrupted extraction leaves no entry behind. ``CACHE`` is
+never read half a file and an interrupted extraction leaves no entry behind. Extraction runs
+in a seeded fork of the random generators (``seeding.seeded``): it draws the same numbers
+every time and leaves the caller's state untouched, so a protocol's result does not depend
+on whether its features were cached. ``CACHE`` is
 the recipe's ``cache_dir`` or ``<results>/features``. A subset of an already cached split
 (1% file, k-shot splits) is sliced from that split's features without any forward pass.
 
@@ -39,6 +42,7 @@ from ..data.loading import make_loader
 from ..errors import UserError
 from ..filters import build_filter, normalise_filter
 from ..progress import log, progress
+from ..seeding import seeded
 
 CACHE_FORMAT = 1
 EVAL_TRANSFORM_KEYS = ("resize", "crop", "interpolation", "mean", "std")
@@ -321,12 +325,13 @@ def split_features(ctx, dataset, *, split: str, spec: FeatureSpec, transform_cfg
     labels = np.asarray([dataset.samples[i][1] for i in (indices if indices is not None
                                                           else range(len(dataset)))], dtype=np.int64)
     dim = checkpoint.backbone.feature_dim(spec.feature)
-    if augment_pass is not None:
-        torch.manual_seed(augment_pass)  # each augmentation pass draws its own fixed crops
 
     def fill(array: np.ndarray) -> None:
-        extract(checkpoint.backbone, target, spec, array, batch_size=int(recipe.get("batch_size", 64)),
-                num_workers=int(recipe.get("num_workers", 0)), device=ctx.device,
-                bf16=bool(recipe.get("bf16", False)), desc=f"features {split}")
+        # a seeded fork: each augmentation pass draws its own fixed crops, and the caller's random
+        # state is the same after a cache miss (extraction) as after a hit (none)
+        with seeded(augment_pass or 0):
+            extract(checkpoint.backbone, target, spec, array, batch_size=int(recipe.get("batch_size", 64)),
+                    num_workers=int(recipe.get("num_workers", 0)), device=ctx.device,
+                    bf16=bool(recipe.get("bf16", False)), desc=f"features {split}")
 
     return cache.store(key, fill, len(target), dim, labels)

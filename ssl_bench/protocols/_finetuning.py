@@ -42,10 +42,17 @@ from ..errors import UserError
 from ..filters import build_filter
 from ..progress import log, progress
 from ..schedules import warmup_cosine
+from ..schema import Metric
+from ..seeding import seed_everything, seeded
 from . import EvalContext, Protocol
 from ._classifiers import save_classifier
 from ._common import ClassificationData, open_classification, percent, records_for, topk_hits
 from ._features import autocast, eval_transform, feature_spec, train_transform
+
+#: What both fine-tuning protocols report.
+FINETUNE_METRICS = (Metric("top1", description="best epoch (what MAE and Barlow Twins report)"),
+                    Metric("top5", description="at the epoch of top1"),
+                    Metric("top1_last", description="last epoch"))
 
 
 # ----- the classifier ----------------------------------------------------------------------
@@ -73,6 +80,11 @@ def build_classifier(arch: str, num_classes: int, *, img_size: int | None = None
 
 def classifier_from_checkpoint(checkpoint, num_classes: int, recipe: dict, final_norm: bool) -> tuple[nn.Module, dict]:
     """The checkpoint's encoder in a timm classifier; returns (model, kwargs to rebuild it)."""
+    with seeded(int(recipe["seed"])):  # the fresh head's initialisation, the same whatever ran before
+        return _classifier(checkpoint, num_classes, recipe, final_norm)
+
+
+def _classifier(checkpoint, num_classes: int, recipe: dict, final_norm: bool) -> tuple[nn.Module, dict]:
     backbone = checkpoint.backbone
     head = recipe["head"]
     kwargs = {"drop_path_rate": float(recipe["drop_path"])}
@@ -270,7 +282,9 @@ def run_finetuning(ctx, recipe: dict, *, protocol: str, data, train_dataset, mod
     """
     device = ctx.device
     world, rank = init_distributed(device)
-    torch.manual_seed(int(recipe["seed"]) + rank)
+    # transforms (torchvision, RandAugment, random erasing), mixup and drop path draw from the global
+    # torch / python / numpy generators: all three seeded, per rank
+    seed_everything(int(recipe["seed"]) + rank)
     sched, optim = recipe["schedule"], recipe["optim"]
     epochs, batch = int(recipe["epochs"]), int(recipe["train_batch_size"])
     if batch % world:

@@ -37,6 +37,7 @@ from ..data.resolve import dataset_name, resolve
 from ..errors import UserError
 from ..metrics.davis import evaluate_folders
 from ..progress import progress
+from ..schema import LOWER, Metric, Schema
 from . import PROTOCOLS, EvalContext, Protocol
 from ._patches import dense_features, layer_spec, normalise, require_vit
 
@@ -174,7 +175,12 @@ def _safe(text: str) -> str:
 class Davis(Protocol):
     """DAVIS-2017 label propagation (DINO) scored with J&F (davis2017-evaluation)."""
 
-    name = "davis"
+    schema = Schema(datasets=("davis",), metrics=(
+        Metric("J&F-Mean", description="(mean J + mean F) / 2 over objects"),
+        Metric("J-Mean", description="region similarity (IoU)"), Metric("J-Recall"),
+        Metric("J-Decay", direction=LOWER, description="loss of J from the first to the last quarter"),
+        Metric("F-Mean", description="boundary F-measure"), Metric("F-Recall"),
+        Metric("F-Decay", direction=LOWER)), headline=("J&F-Mean",), order=100)
 
     def run(self, ctx: EvalContext) -> list[dict]:
         cfg = ctx.recipe
@@ -197,5 +203,5 @@ class Davis(Protocol):
         extra = {"split": cfg["split"], "sequences": len(seqs), "objects": len(summary.per_object),
                  "short_side": int(cfg["short_side"]), "layer": cfg["layer"], "unit": "percent",
                  "masks_dir": str(out)}
-        order = ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"]
-        return [{"dataset": dataset, "metric": m, "value": 100.0 * summary.scores[m], **extra} for m in order]
+        return [{"dataset": dataset, "metric": m.name, "value": 100.0 * summary.scores[m.name], **extra}
+                for m in self.schema.metrics]

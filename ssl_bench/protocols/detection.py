@@ -25,10 +25,11 @@ from ..data.coco import CocoDetection, LvisDetection
 from ..data.resolve import dataset_name, is_format, resolve
 from ..errors import UserError
 from ..progress import log, progress
+from ..schema import Metric, Schema
 from ..seeding import seed_everything
 from . import PROTOCOLS, EvalContext, Protocol
 from ._common import recipe_choice, records_for
-from ._dense.coco_eval import coco_evaluate, lvis_evaluate, to_results
+from ._dense.coco_eval import COCO_METRICS, LVIS_METRICS, coco_evaluate, lvis_evaluate, to_results
 from ._dense.common import train_iterations, trainable_backbone
 from ._dense.maskrcnn import build_maskrcnn
 from ._dense.mm import MMDetBackend
@@ -148,7 +149,9 @@ def detect(backend, dataset, device: torch.device, desc: str) -> list[dict]:
 class Detection(Protocol):
     """Mask R-CNN on COCO and/or LVIS: bbox and segm AP metrics (x100)."""
 
-    name = "detection"
+    schema = Schema(datasets=FORMATS, metrics=tuple(
+        Metric(f"{kind}_{ap}", datasets=FORMATS if ap in COCO_METRICS else ("lvis",))
+        for kind in ("bbox", "segm") for ap in LVIS_METRICS), headline=("bbox_AP", "segm_AP"), order=60)
 
     def run(self, ctx: EvalContext) -> list[dict]:
         recipe = ctx.recipe

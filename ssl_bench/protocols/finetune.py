@@ -13,9 +13,10 @@ initialised trunc-normal(std 2e-5). Reported: max val top-1 over epochs and the 
 
 from __future__ import annotations
 
+from ..schema import Schema
 from . import PROTOCOLS
 from ._common import open_split
-from ._finetuning import FineTuning, layer_decay_groups
+from ._finetuning import FINETUNE_METRICS, FineTuning, layer_decay_groups
 
 
 def finetune_param_groups(model, recipe: dict) -> tuple[list[dict], float]:
@@ -35,7 +36,7 @@ def finetune_param_groups(model, recipe: dict) -> tuple[list[dict], float]:
 class FineTune(FineTuning):
     """End-to-end fine-tuning on the full training set (MAE / BEiT recipe)."""
 
-    name = "finetune"
+    schema = Schema(datasets=("imagenet",), metrics=FINETUNE_METRICS, headline=("top1",), order=50)
 
     def train_set(self, data, recipe: dict, transform):
         return open_split(data.root, recipe["train_split"], transform)

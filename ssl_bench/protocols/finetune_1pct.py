@@ -14,15 +14,16 @@ from __future__ import annotations
 
 from ..data.imagefolder import ImageFolderDataset
 from ..errors import UserError
+from ..schema import Schema
 from . import PROTOCOLS
-from ._finetuning import FineTuning, classifier_params
+from ._finetuning import FINETUNE_METRICS, FineTuning, classifier_params
 
 
 @PROTOCOLS.register("finetune_1pct")
 class FineTune1Pct(FineTuning):
     """Fine-tune backbone + classifier on a subset file (Barlow Twins semi-supervised)."""
 
-    name = "finetune_1pct"
+    schema = Schema(datasets=("imagenet",), metrics=FINETUNE_METRICS, headline=("top1",), order=40)
 
     def train_set(self, data, recipe: dict, transform):
         subset_file = data.root / recipe["subset_file"]

@@ -21,6 +21,7 @@ import torch
 
 from ..errors import UserError
 from ..progress import progress
+from ..schema import Metric, Schema
 from . import PROTOCOLS, EvalContext, Protocol
 from ._common import open_classification, records_for
 from ._features import eval_transform, feature_spec, split_features
@@ -143,7 +144,10 @@ def knn_accuracy(predictions: dict[int, np.ndarray], labels: np.ndarray) -> dict
 class KNN(Protocol):
     """Weighted k-NN (DINO): top-1 / top-5 for every k of the recipe."""
 
-    name = "knn"
+    schema = Schema(datasets=("imagenet",), metrics=(
+        Metric("top1_k{k:int}", description="top-1 of the vote of the k nearest training features"),
+        Metric("top5_k{k:int}", description="top-5: the first min(5, k) ranked classes")),
+        headline=("top1_k20",), order=10)  # DINO reports k = 20
 
     def run(self, ctx: EvalContext) -> list[dict]:
         recipe = ctx.recipe

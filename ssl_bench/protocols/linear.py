@@ -47,6 +47,7 @@ from ..data.loading import make_loader
 from ..errors import UserError
 from ..progress import log, progress
 from ..schedules import warmup_cosine
+from ..schema import Metric, Schema
 from . import PROTOCOLS, EvalContext, Protocol
 from ._classifiers import save_classifier
 from ._common import open_classification, open_split, recipe_choice, records_for, topk_correct, topk_hits
@@ -291,7 +292,11 @@ def effective_lrs(recipe: dict) -> list[float]:
 class Linear(Protocol):
     """Linear probe (grid of learning rates) on frozen features."""
 
-    name = "linear"
+    schema = Schema(datasets=("imagenet",), metrics=(
+        Metric("top1", description="best epoch of the best learning rate (what the references report)"),
+        Metric("top5", description="at the epoch and learning rate of top1"),
+        Metric("top1_last", description="last epoch of the best learning rate")),
+        headline=("top1",), order=20)
 
     def run(self, ctx: EvalContext) -> list[dict]:
         recipe = ctx.recipe
@@ -301,6 +306,8 @@ class Linear(Protocol):
         data = open_classification(ctx, recipe, eval_transform(tcfg, spec.input_filter))
         val = split_features(ctx, data.val, split="val", spec=spec, transform_cfg=tcfg, recipe=recipe)
         generator = torch.Generator().manual_seed(int(recipe["seed"]))
+        # head initialisation and online augmentations draw from it; feature extraction in between
+        # (on a cache miss) runs in a seeded fork and leaves it as it was
         torch.manual_seed(int(recipe["seed"]))
         bs, drop_last = int(recipe["train_batch_size"]), bool(recipe["drop_last"])
         if mode == "center":

@@ -35,9 +35,10 @@ from ..data.ade20k import ADE20kSegmentation
 from ..data.coco import CocoDetection
 from ..data.resolve import dataset_name, resolve
 from ..errors import UserError
-from ..metrics.segmentation import IGNORE_INDEX, IoUAccumulator, reduce_zero_label
+from ..metrics.segmentation import IGNORE_INDEX, SEGMENTATION_METRICS, IoUAccumulator, reduce_zero_label
 from ..progress import progress
 from ..schedules import lr_factor
+from ..schema import Schema
 from . import PROTOCOLS, EvalContext, Protocol
 from ._common import recipe_choice
 from ._patches import block_indices, require_vit
@@ -132,7 +133,7 @@ def _train_pair(img: torch.Tensor, label: torch.Tensor, cfg: dict, rng: np.rando
 class LinearSegmentation(Protocol):
     """Frozen-feature linear segmentation, mIoU as mmseg IoUMetric."""
 
-    name = "linear_seg"
+    schema = Schema(datasets=("ade20k", "coco"), metrics=SEGMENTATION_METRICS, headline=("mIoU",), order=80)
 
     def run(self, ctx: EvalContext) -> list[dict]:
         cfg = ctx.recipe

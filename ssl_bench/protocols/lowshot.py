@@ -30,6 +30,7 @@ from sklearn.linear_model import LogisticRegression
 from ..data import ImageFolderDataset
 from ..errors import UserError
 from ..progress import log, progress
+from ..schema import NEUTRAL, Metric, Schema
 from . import PROTOCOLS, EvalContext, Protocol
 from ._common import open_classification, records_for
 from ._features import eval_transform, feature_spec, split_features
@@ -66,7 +67,12 @@ def _resolve(root: Path, name: str) -> Path:
 class LowShot(Protocol):
     """MSN low-shot logistic regression: k per class over splits, and subset files."""
 
-    name = "lowshot"
+    schema = Schema(datasets=("imagenet",), metrics=(
+        Metric("top1_{k:int}shot_mean", description="mean over the splits of k images per class"),
+        Metric("top1_{k:int}shot_std", direction=NEUTRAL, description="population std over the splits"),
+        Metric("top1_{n:int}pct", description="SimCLR subset file <n>percent.txt"),
+        Metric("top1_{subset:name}", description="another subset file, named by its stem")),
+        headline=("top1_1shot_mean", "top1_1pct"), order=30)
 
     def run(self, ctx: EvalContext) -> list[dict]:
         recipe = ctx.recipe
@@ -94,7 +100,11 @@ class LowShot(Protocol):
             if not path.is_file():
                 raise UserError(f"{path}: subset file missing (recipe key 'subset_files'; SimCLR format, one "
                                 "training file name per line)")
-            lists.append((path.stem.replace("percent", "pct"), path, None))
+            group = path.stem.replace("percent", "pct")
+            if self.schema.metric(f"top1_{group}") is None:
+                raise UserError(f"{path}: a subset file is named <n>percent.txt or starts with a letter "
+                                "(its metric is top1_<name>)")
+            lists.append((group, path, None))
         subsets = []
         for group, path, shots in lists:
             subset = ImageFolderDataset.from_file_list(train_root, path, shots=shots)

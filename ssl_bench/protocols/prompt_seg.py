@@ -53,6 +53,7 @@ from ..data.coco import CocoDetection
 from ..data.resolve import dataset_name, resolve
 from ..errors import UserError
 from ..progress import progress
+from ..schema import LOWER, NEUTRAL, Metric, Schema
 from . import PROTOCOLS, EvalContext, Protocol
 from ._common import recipe_choice
 from ._patches import dense_features, layer_spec, require_vit
@@ -247,7 +248,16 @@ def threshold_grid(cfg: dict) -> tuple[list[float], np.ndarray, np.ndarray]:
 class PromptSegmentation(Protocol):
     """MMC zero-shot prompt segmentation (Table 1) and similarity distributions (Table 5)."""
 
-    name = "prompt_seg"
+    schema = Schema(datasets=("coco",), metrics=(
+        Metric("mIoU@{t:num}", description="mask = similarity to the prompt token above t"),
+        Metric("mIoU@opt", description="at the best threshold of the sweep"),
+        Metric("opt_threshold", unit="cosine", direction=NEUTRAL, description="that threshold"),
+        Metric("sim_intra_mean", unit="cosine", direction=NEUTRAL, description="mean similarity of same-category pairs"),
+        Metric("sim_inter_mean", unit="cosine", direction=NEUTRAL,
+               description="mean similarity of different-category pairs"),
+        Metric("sim_overlap", unit="fraction", direction=LOWER,
+               description="overlap area of the two histograms (MMC Table 5: should be small)")),
+        headline=("mIoU@opt",), order=90)
 
     def run(self, ctx: EvalContext) -> list[dict]:
         cfg = ctx.recipe
@@ -285,9 +295,5 @@ class PromptSegmentation(Protocol):
                                        "min_fraction", "input_size", "bins")}
         extra = {"split": cfg["split"], "images": n_images, "instances": len(scores.inter),
                  "sweep": [float(sweep[0]), float(sweep[-1]), float(cfg["sweep"]["step"])], **options}
-        records = []
-        for metric, value in metrics.items():
-            unit = "percent" if metric.startswith("mIoU") else "cosine" if metric.startswith("sim_") and \
-                metric != "sim_overlap" else "fraction"
-            records.append({"dataset": name, "metric": metric, "value": float(value), "unit": unit, **extra})
-        return records
+        return [{"dataset": name, "metric": metric, "value": float(value), "unit": self.schema.metric(metric).unit,
+                 **extra} for metric, value in metrics.items()]

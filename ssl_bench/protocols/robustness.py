@@ -39,6 +39,7 @@ from ..filters import normalise_filter
 from ..metrics.robustness import corruption_errors, mce, mean_errors
 from ..progress import log, progress
 from ..recipes import load_defaults, merge
+from ..schema import LOWER, Metric, Schema
 from . import PROTOCOLS, EvalContext, Protocol
 from ._classifiers import classifier_dir, list_classifiers, read_classifier
 from ._features import FeatureSpec, eval_transform, split_features
@@ -46,6 +47,7 @@ from ._finetuning import build_classifier
 from .linear import Linear, LinearHead
 
 VARIANTS = ("imagenet-a", "imagenet-r", "imagenet-sketch", "imagenet-c")
+_C = ("imagenet-c",)
 
 
 def dataset_root(ctx: EvalContext, cfg: dict, fmt: str) -> Path:
@@ -158,7 +160,16 @@ def _map_labels(dataset, classes: list[str]) -> np.ndarray:
 class Robustness(Protocol):
     """ImageNet-A/R/Sketch accuracy and ImageNet-C errors / mCE with the checkpoint's classifier."""
 
-    name = "robustness"
+    schema = Schema(datasets=VARIANTS, metrics=(
+        Metric("top1", datasets=VARIANTS[:3]),
+        Metric("mean_error", direction=LOWER, datasets=_C,
+               description="mean over the benchmark corruptions of the error averaged over severities"),
+        Metric("mCE", direction=LOWER, datasets=_C, description="AlexNet-normalised corruption error"),
+        Metric("100-mCE", datasets=_C, description="SiameseIM's 1-mCE"),
+        Metric("CE/{corruption:name}", direction=LOWER, datasets=_C),
+        Metric("error/{corruption:name}", direction=LOWER, datasets=_C),
+        Metric("error/{corruption:name}/{severity:int}", direction=LOWER, datasets=_C)),
+        headline=("top1", "mean_error", "100-mCE"), order=110)
 
     def run(self, ctx: EvalContext) -> list[dict]:
         cfg = ctx.recipe

@@ -27,8 +27,9 @@ from ..data.ade20k import ADE20kSegmentation
 from ..data.loading import make_loader
 from ..data.resolve import dataset_name, resolve
 from ..errors import UserError
-from ..metrics.segmentation import IoUAccumulator
+from ..metrics.segmentation import SEGMENTATION_METRICS, IoUAccumulator
 from ..progress import log
+from ..schema import Schema
 from ..seeding import seed_everything
 from . import PROTOCOLS, EvalContext, Protocol
 from ._common import recipe_choice, records_for
@@ -119,7 +120,7 @@ def train_segmentation(backend, backbone, dataset, recipe: dict, device: torch.d
 class Segmentation(Protocol):
     """ADE20k UperNet: mIoU / mAcc / aAcc (x100) after training."""
 
-    name = "segmentation"
+    schema = Schema(datasets=("ade20k",), metrics=SEGMENTATION_METRICS, headline=("mIoU",), order=70)
 
     def run(self, ctx: EvalContext) -> list[dict]:
         recipe = ctx.recipe
