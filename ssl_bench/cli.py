@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 from . import __version__
 from .errors import UserError
 from .progress import set_quiet
+
+#: terminal control sequences (colours, cursor moves) some libraries put into exception texts
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -93,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint with one protocol")
     p.add_argument("--protocol", required=True, help="protocol name, e.g. knn")
     p.add_argument("--checkpoint", required=True, metavar="SPEC",
-                   help="a checkpoint folder/file of ours, random:ARCH, timm:NAME or foreign:ARCH:PATH")
+                   help="a checkpoint folder/file of ours (ssl-bench import writes one from a foreign file), "
+                        "random:ARCH, timm:NAME or foreign:ARCH:PATH (strict import, layout recognised)")
     p.add_argument("--data", type=Path, required=True, help="dataset root or embedded data tree")
     p.add_argument("--recipe", type=Path, help="protocol recipe YAML (default: package defaults)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
@@ -133,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_export_parser(sub)
 
+    from .imports.command import add_import_parser
+
+    add_import_parser(sub)
+
     p = sub.add_parser("demo", help="the main job: embedded data, pretrain all methods, evaluate, leaderboard")
     p.add_argument("--profile", default="demo", help="embedded data profile: demo or tiny")
     p.add_argument("--data", type=Path, default=Path("sb-data"), help="embedded data folder")
@@ -160,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserError as err:
-        message = " ".join(str(err).split())
+        message = " ".join(_ESCAPES.sub("", str(err)).split())
         print(f"ssl-bench: error: {message}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:

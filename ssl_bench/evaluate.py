@@ -46,6 +46,8 @@ def evaluate(protocol: str, checkpoint: str, data: Path, *, recipe: Path | None 
     info = {"label": ckpt.label, "sha256": ckpt.sha256, "method": ckpt.meta.get("method"),
             "arch": ckpt.meta.get("arch"), "encoder": ckpt.meta.get("encoder"),
             "spec": checkpoint, "eval": ckpt.eval}
+    if "import" in ckpt.meta:  # the audit of a foreign file's import travels with every result
+        info["import"] = ckpt.meta["import"]
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return records, None  # under torchrun only rank 0 stores the (all-reduced) result
     path = write_evaluation(results_dir, protocol=protocol, checkpoint=info, recipe=resolved,
