@@ -180,6 +180,7 @@ def test_msn_release_takes_the_target_encoder(tmp_path):
     x = images()
     imported = import_state(path, VIT)
     assert imported.audit["layout"] == "msn" and imported.audit["encoder"] == "target"
+    assert imported.audit["source"]["not_read"] == {"(top level)": 1, "encoder": len(_msn_encoder(online))}
     assert "target_encoder" in imported.audit["encoder_default_because"]
     assert imported.eval == {"feature": "cls_prenorm"}
     assert_close(features(imported, x, "cls"), cls_native(target, x))

@@ -245,7 +245,8 @@ def import_state(path: Path, arch: str, layouts: dict[str, Layout], *, layout: s
         "encoder": encoder, "encoder_is_default": encoder == chosen.default_encoder,
         "encoder_default_because": chosen.why_default,
         "source": {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
-                   "container": where or "(top level)", "tensors": len(tensors)},
+                   "container": where or "(top level)", "tensors": len(tensors),
+                   "not_read": {name or "(top level)": len(other) for name, other in found.items() if name != where}},
         "mapped": mapped,
         "ignored": {pattern: {"what": mapping.ignore[pattern], "count": len(keys)}
                     for pattern, keys in mapping.ignored.items()},
