@@ -365,9 +365,46 @@ def test_dinov2_training_checkpoint_with_block_chunks(tmp_path):
     assert_complete(imported.audit, len(chunked))
 
 
+def test_conmim_shared_relative_position_bias(tmp_path):
+    """ConMIM pretraining (modeling_pretrain.py, run_conmim_pretraining.py): BEiT names, one relative
+    position bias shared by all blocks (with its index buffer), layer scale, q/v biases; beside the
+    encoder a mask token, the three-layer MLP projectors (use_mlp_projectors=True) and the LM head
+    (use_lm_head defaults to True)."""
+    torch.manual_seed(19)
+    native = timm.create_model("beit_tiny_patch16_224", num_classes=0, img_size=32, use_fc_norm=False,
+                               use_rel_pos_bias=False, use_shared_rel_pos_bias=True)
+    with torch.no_grad():
+        for name, p in native.named_parameters():
+            if "relative_position_bias_table" in name or name.endswith(("bias", "gamma_1", "gamma_2")):
+                p.copy_(torch.randn_like(p) * 0.5)
+    native = native.double().eval()
+    # _build_mlp(3, embed_dim, mlp_dim, dim): Linear, BN, ReLU, Linear, BN, ReLU, Linear, BN(affine=False)
+    projectors = torch.nn.Sequential(torch.nn.Linear(192, 64, bias=False), torch.nn.BatchNorm1d(64),
+                                     torch.nn.ReLU(), torch.nn.Linear(64, 64, bias=False),
+                                     torch.nn.BatchNorm1d(64), torch.nn.ReLU(),
+                                     torch.nn.Linear(64, 32, bias=False), torch.nn.BatchNorm1d(32, affine=False))
+    state = {**encoder_keys(native), "mask_token": torch.zeros(1, 1, 192),
+             "rel_pos_bias.relative_position_index": torch.zeros(5, 5, dtype=torch.long),
+             **{f"projectors.{k}": v for k, v in projectors.state_dict().items()},
+             "lm_head.weight": torch.randn(8192, 192), "lm_head.bias": torch.zeros(8192)}
+    path = save(tmp_path, {"model": state, "epoch": 1, "args": argparse.Namespace(model="conmim_tiny")})
+    imported = import_state(path, "beit_tiny_patch16_224")
+    assert imported.audit["layout"] == "conmim" and imported.audit["target"]["img_size"] == 32
+    x = images(32)
+    with torch.no_grad():
+        ref = native.forward_features(x)[:, 1:].mean(1)
+    assert_close(features(imported, x, "avgpool"), ref)
+    assert_complete(imported.audit, len(state))
+    # the command's checkpoint holds the bias per block (timm's BEiT layout) and computes the same
+    out = tmp_path / "out"
+    assert main(import_argv(path, "beit_tiny_patch16_224", out)) == 0
+    with torch.no_grad():
+        assert_close(load_checkpoint(out).backbone.double().features(x, "avgpool"), ref)
+
+
 def test_every_layout_is_tested():
     tested = {"timm", "torchvision", "efficientnet_pytorch", "msn", "mae", "siameseim", "dino", "ibot",
-              "moco_v3", "dinov2"}
+              "moco_v3", "dinov2", "conmim"}
     assert set(LAYOUTS) == tested
 
 

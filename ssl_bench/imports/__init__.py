@@ -4,7 +4,7 @@
 img_size=None)`` maps the encoder of a foreign ``.pth`` into a ``Backbone(arch)`` (seeded, so
 the same file always gives the same network) and returns it with its audit. The layouts:
 ``timm``, ``torchvision``, ``efficientnet_pytorch`` (``classifiers.py``) and ``msn``, ``mae``,
-``siameseim``, ``dino``, ``ibot``, ``moco_v3``, ``dinov2`` (``ssl_releases.py``); ``auto``
+``siameseim``, ``dino``, ``ibot``, ``moco_v3``, ``dinov2``, ``conmim`` (``ssl_releases.py``); ``auto``
 recognises them from the keys. ``ssl-bench import`` (``command.py``) writes the result as one of
 our checkpoints plus ``import_audit.json``; ``foreign:ARCH:PATH`` goes through the same code.
 """

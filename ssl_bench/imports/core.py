@@ -64,6 +64,8 @@ class Layout:
     (``None``: no counterpart). ``convert``: changes the renamed tensors together where one
     target needs several sources; returns what it did, for the audit. ``check_arch``: a reason
     the layout refuses an architecture whose shapes fit but whose computation differs.
+    ``backbone_options``: ``Backbone`` arguments read from the renamed source (no final norm, a
+    shared relative position bias).
     """
 
     name: str
@@ -79,7 +81,7 @@ class Layout:
     convert: Callable[[dict[str, Tensor], Backbone], list[str]] | None = None
     eval: dict = field(default_factory=dict)
     check_arch: Callable[[str], str | None] = lambda arch: None
-    final_norm: bool = True
+    backbone_options: Callable[[dict[str, Tensor]], dict] = lambda renamed: {}
 
     def recognises(self, names: list[str]) -> bool:
         if not self.marks:
@@ -177,14 +179,25 @@ def _listed(keys) -> str:
 
 
 def _vit_img_size(renamed: dict[str, Tensor]) -> int | None:
-    """Image size the source ViT was trained at: its position grid times its patch size."""
-    pos, proj = renamed.get("pos_embed"), renamed.get("patch_embed.proj.weight")
-    if pos is None or proj is None or pos.dim() != 3:
+    """Image size the source ViT was trained at: its token grid times its patch size. The grid
+    comes from the position embedding (with or without a CLS position) or, for a BEiT, from a
+    relative position bias table ((2g - 1)^2 offsets + 3 for the CLS token)."""
+    proj = renamed.get("patch_embed.proj.weight")
+    pos = renamed.get("pos_embed")
+    table = next((v for k, v in renamed.items() if k.endswith("relative_position_bias_table")), None)
+    if proj is None:
         return None
-    for prefix in (1, 0):  # with or without a CLS position
-        grid = math.isqrt(pos.shape[1] - prefix)
-        if grid * grid == pos.shape[1] - prefix and grid > 0:
+    sizes = []
+    if pos is not None and pos.dim() == 3:
+        sizes = [pos.shape[1] - 1, pos.shape[1]]
+    for tokens in sizes:
+        grid = math.isqrt(tokens)
+        if grid > 0 and grid * grid == tokens:
             return grid * proj.shape[-1]
+    if table is not None:
+        span = math.isqrt(table.shape[0] - 3)
+        if span * span == table.shape[0] - 3 and span % 2 == 1:
+            return (span + 1) // 2 * proj.shape[-1]
     return None
 
 
@@ -220,7 +233,8 @@ def import_state(path: Path, arch: str, layouts: dict[str, Layout], *, layout: s
         torch.manual_seed(0)  # whatever an allowed exception leaves unfilled is the same every time
         # names alone give the source ViT's image size (position grid x patch size), so the
         # target needs no resampling unless img_size asks for it
-        backbone = Backbone(arch, img_size or _vit_img_size(mapping.renamed({})), final_norm=chosen.final_norm)
+        provisional = mapping.renamed({})
+        backbone = Backbone(arch, img_size or _vit_img_size(provisional), **chosen.backbone_options(provisional))
     target_state = backbone.model.state_dict()
     renamed = mapping.map(backbone)
     if layout == "auto" and not chosen.marks and not set(renamed) & set(target_state):
@@ -282,9 +296,11 @@ class _Mapping:
         self.notes: list[str] = []
 
     def renamed(self, target_state: dict) -> dict[str, Tensor]:
-        """Target name -> tensor for the source keys not ignored (a first look: no bookkeeping)."""
-        return {self.layout.rename(_strip(key, self.encoder.prefixes), target_state): value
-                for key, value in self.tensors.items() if not _matches(key, self.ignore)}
+        """Target name -> tensor for the source keys not ignored and renamed (a first look: no
+        bookkeeping)."""
+        names = {key: self.layout.rename(_strip(key, self.encoder.prefixes), target_state)
+                 for key in self.tensors if not _matches(key, self.ignore)}
+        return {name: self.tensors[key] for key, name in names.items() if name is not None}
 
     def map(self, backbone: Backbone) -> dict[str, Tensor]:
         """Every source tensor ignored by name, renamed once, or recorded as unused / duplicated."""

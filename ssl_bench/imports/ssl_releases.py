@@ -1,6 +1,6 @@
-"""Layouts of the self-supervised releases: MSN, MAE, SiameseIM, DINO, iBOT, MoCo v3, DINOv2.
+"""Layouts of the self-supervised releases: MSN, MAE, SiameseIM, DINO, iBOT, MoCo v3, DINOv2, ConMIM.
 
-Their ViTs descend from timm's and keep its encoder names (``patch_embed.proj``, ``cls_token``,
+Their ViTs descend from timm's (ConMIM's from BEiT's, which timm's BEiT follows) and keep its names (``patch_embed.proj``, ``cls_token``,
 ``pos_embed``, ``blocks.<i>.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``, ``norm``); what
 differs is where the encoder sits in the checkpoint, what else is stored beside it, and a few
 renamed parts. Each table below is written from the official repository's model and training code
@@ -54,7 +54,7 @@ SIAMESEIM = Layout(
     ignore={**_MAE_DECODER, "mm_decoder_embed.*": "momentum decoder", "mm_mask_token": "momentum decoder",
             "mm_projector_decoder_blocks.*": "momentum projector", "projector_decoder_blocks.*": "projector",
             "predictor_decoder_blocks.*": "predictor", "student_norm.*": "predictor norm"},
-    final_norm=False,  # SiameseIMViT has no encoder norm
+    backbone_options=lambda renamed: {"final_norm": False},  # SiameseIMViT has no encoder norm
     eval={"feature": "avgpool"})  # as ssl-bench's SiameseIM checkpoints (configs/linprobe: --global_pool)
 
 _DINO_HEADS = {"head.*": "DINO head", "module.head.*": "DINO head"}
@@ -141,4 +141,23 @@ DINOV2 = Layout(
             "student.backbone.mask_token": "mask token"},
     rename=_dinov2_name, convert=_dinov2_registers, eval={"feature": "cls"})
 
-LAYOUTS = (SIAMESEIM, MAE, MSN, IBOT, DINO, DINOV2, MOCO_V3)
+
+def _shared_bias(renamed: dict) -> dict:
+    """ConMIM pretrains with one relative position bias for all blocks (use_shared_rel_pos_bias)."""
+    return {"shared_rel_pos_bias": "rel_pos_bias.relative_position_bias_table" in renamed}
+
+
+CONMIM = Layout(
+    name="conmim",
+    source="TencentARC/ConMIM modeling_pretrain.py, run_conmim_pretraining.py, utils.py save_model",
+    encoders={"model": Encoder(("model", "module", ROOT), _MODULE)},
+    default_encoder="model",
+    why_default=("run_class_finetuning.py fine-tunes checkpoint-N.pth's 'model' (ConMIM saves its momentum "
+                 "teacher to a separate checkpoint_copy-N.pth, importable the same way)"),
+    marks=(r"(^|/)(module\.)?blocks\.0\.attn\.q_bias$",),
+    ignore={"mask_token": "mask token", "lm_head.*": "language-model head", "projectors.*": "MLP projectors",
+            "*relative_position_index": "index buffer, rebuilt from the grid", "head.*": "classifier"},
+    backbone_options=_shared_bias,
+    eval={"feature": "avgpool"})  # as ssl-bench's ConMIM checkpoints (defaults/pretrain/conmim.yaml)
+
+LAYOUTS = (SIAMESEIM, MAE, MSN, IBOT, DINO, DINOV2, MOCO_V3, CONMIM)
