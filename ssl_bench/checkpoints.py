@@ -9,28 +9,26 @@ The sidecar holds the method, architecture, image and patch size, which encoder 
 weights are (online / target / teacher), the evaluation conventions protocols must
 follow (feature kind, final norm, input filter), the resolved recipe, epoch and step,
 the code commit, library versions and the sha256 of the weights file, which loading
-verifies. Foreign ``.pth`` files are read with ``weights_only=True`` and an explicit
-allow-list of safe globals: nothing from an untrusted file is ever unpickled.
+verifies. Foreign ``.pth`` files go through the strict, audited import of ``imports``
+(read with ``weights_only=True`` and an explicit allow-list: nothing from an untrusted file is
+ever unpickled); an imported checkpoint carries its audit under ``import``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import timm
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from timm.models.vision_transformer import checkpoint_filter_fn
 
 from .atomic import atomic_write, atomic_write_json, sha256_file
 from .backbones import Backbone
 from .errors import UserError
+from .imports import import_state
 from .provenance import code_version, library_versions, utc_now
 
 FORMAT = "ssl-bench-checkpoint/1"
@@ -39,18 +37,6 @@ FORMAT = "ssl-bench-checkpoint/1"
 DEFAULT_EVAL = {"feature": "cls", "final_norm": True, "input_filter": None}
 #: What a ConvNet's conventions always say: its one global feature, the average pool of the last stage.
 CONVNET_EVAL = {"feature": "avgpool", "final_norm": True}
-
-#: Globals a foreign checkpoint may contain besides tensors: the argparse namespace that
-#: MAE-lineage code (MAE, DINO, MSN, ConMIM, SiameseIM) stores under ``args``, and numpy
-#: scalars and dtypes that some of them store as metrics.
-FOREIGN_SAFE_GLOBALS = [argparse.Namespace, np.dtype, np._core.multiarray.scalar,
-                        type(np.dtype(np.float64)), type(np.dtype(np.float32)),
-                        type(np.dtype(np.int64))]
-
-#: Where foreign checkpoints keep the encoder, tried in order.
-FOREIGN_STATE_KEYS = ("target_encoder", "teacher", "model", "state_dict", "encoder")
-FOREIGN_PREFIXES = ("module.", "backbone.", "encoder.", "base_encoder.")
-
 
 @dataclass
 class Checkpoint:
@@ -152,35 +138,6 @@ def load_checkpoint(spec: Path) -> Checkpoint:
     return Checkpoint(backbone.eval(), meta)
 
 
-def load_foreign_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a foreign ``.pth``, read with ``weights_only=True`` and the allow-list."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint file not found")
-    try:
-        with torch.serialization.safe_globals(FOREIGN_SAFE_GLOBALS):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported content"
-        raise UserError(f"{path}: refused to unpickle a foreign checkpoint ({first}); only tensors and "
-                        "allow-listed types load; re-save its state_dict with torch.save") from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise UserError(f"{path}: unreadable torch checkpoint ({err})") from None
-    for key in FOREIGN_STATE_KEYS:
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"{path}: no state dict found (looked under {', '.join(FOREIGN_STATE_KEYS)})")
-    state = {}
-    for key, value in obj.items():
-        if isinstance(value, torch.Tensor):
-            for prefix in FOREIGN_PREFIXES:
-                key = key.removeprefix(prefix)
-            state[key] = value
-    return state
-
-
 def _random_backbone(arch: str) -> Checkpoint:
     torch.manual_seed(0)  # the random baseline is the same network every time
     backbone = Backbone(arch)
@@ -191,11 +148,22 @@ def _random_backbone(arch: str) -> Checkpoint:
 
 
 def _timm_pretrained(name: str) -> Checkpoint:
+    """``timm:NAME``: timm's pretrained weights from the local cache, else from the hub; unreachable
+    and not cached, one line at once (timm itself retries the hub for most of a minute)."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        raise UserError(f"timm:{name}: timm knows no pretrained weights by that name; use a name "
+                        "listed by timm.list_pretrained()")
+    cached = _timm_cached_file(cfg)
+    if cached is None and not _reachable(cfg):
+        raise UserError(f"timm:{name}: timm's pretrained weights are not in the local cache and their hub "
+                        f"is unreachable (offline?); save the weights to a file and use foreign:{name}:PATH")
+    overlay = {"file": str(cached)} if cached else None
     try:
-        model = timm.create_model(name, pretrained=True, num_classes=0)
-    except Exception as err:  # noqa: BLE001 - timm raises many kinds when the hub is unreachable
+        model = timm.create_model(name, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay)
+    except Exception as err:  # noqa: BLE001 - timm raises many kinds when a download fails
         raise UserError(f"timm:{name}: could not load timm's pretrained weights ({type(err).__name__}); "
-                        f"offline, save them to a file and use foreign:{name}:PATH") from None
+                        f"save them to a file and use foreign:{name}:PATH") from None
     backbone = Backbone(name)
     backbone.model.load_state_dict(model.state_dict())
     meta = {"method": "timm", "arch": name, "encoder": "timm-pretrained", "label": f"timm:{name}",
@@ -204,38 +172,63 @@ def _timm_pretrained(name: str) -> Checkpoint:
     return Checkpoint(backbone.eval(), meta)
 
 
-def _foreign(arch: str, path: str) -> Checkpoint:
-    state = load_foreign_state_dict(Path(path))
-    backbone = Backbone(arch)
-    if backbone.is_vit:  # timm's own converter resamples position embeddings to this model
+def _timm_cached_file(cfg) -> Path | None:
+    """The weights file of a timm pretrained config already in the Hugging Face or torch hub cache."""
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
 
-        state = checkpoint_filter_fn(state, backbone.model)
-    missing, unexpected = backbone.model.load_state_dict(state, strict=False)
-    if len(missing) == len(backbone.model.state_dict()):
-        raise UserError(f"{path}: none of its keys match {arch} (first keys: "
-                        f"{', '.join(list(state)[:3])}); check the architecture name")
-    meta = {"method": "foreign", "arch": arch, "encoder": "foreign", "label": f"foreign:{Path(path).name}",
-            "img_size": _img_size(backbone), "patch_size": backbone.patch_size,
-            "eval": dict(DEFAULT_EVAL), "weights": {"sha256": sha256_file(Path(path))},
-            "foreign": {"path": str(path), "missing_keys": sorted(missing),
-                        "unexpected_keys": sorted(unexpected)}}
-    return Checkpoint(backbone.eval(), meta)
+        for filename in ([cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) else
+                         ["model.safetensors", "pytorch_model.bin"]):
+            found = try_to_load_from_cache(cfg.hf_hub_id, filename)
+            if isinstance(found, str):
+                return Path(found)
+    if cfg.url:
+        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url.split("?")[0]).name
+        if path.is_file():
+            return path
+    return None
+
+
+def _reachable(cfg) -> bool:
+    """Whether the weights' host answers within 1.5 s (False at once with HF_HUB_OFFLINE=1)."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants, get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    parts = urlsplit(constants.ENDPOINT if cfg.hf_hub_id else cfg.url)
+    try:
+        get_session().head(f"{parts.scheme}://{parts.netloc}", timeout=1.5)
+    except Exception:  # noqa: BLE001 - any failure to connect means unreachable
+        return False
+    return True
+
+
+def _foreign(arch: str, path: str) -> Checkpoint:
+    """``foreign:ARCH:PATH``: the audited import with the layout recognised from the keys."""
+    imported = import_state(Path(path), arch)
+    backbone = imported.backbone
+    meta = {"method": "foreign", "arch": arch, "encoder": imported.audit["encoder"],
+            "label": f"foreign:{Path(path).name}", "img_size": _img_size(backbone),
+            "patch_size": backbone.patch_size,
+            "eval": {**DEFAULT_EVAL, **imported.eval, "final_norm": backbone.final_norm},
+            "weights": {"sha256": imported.weights_id}, "import": imported.audit}
+    return Checkpoint(backbone, meta)
 
 
 def weights_sha256(spec: str) -> str:
-    """What a SPEC's results are stored under (``Checkpoint.sha256``), without building the model:
-    the sha256 of our weights file (as recorded in the sidecar, verified) or of a foreign file,
-    or the name of the weights (``random:ARCH:seed0``, ``timm:NAME``)."""
+    """What a SPEC's results are stored under (``Checkpoint.sha256``), without building the model
+    where that can be known without it: the sha256 of our weights file (as recorded in the sidecar,
+    verified) or the name of the weights (``random:ARCH:seed0``, ``timm:NAME``). A foreign file's
+    identity includes the import's choices (layout, encoder, exceptions), so it is imported."""
     kind, sep, rest = spec.partition(":")
     if sep and kind == "random":
         return f"random:{rest}:seed0"
     if sep and kind == "timm":
         return f"timm:{rest}"
     if sep and kind == "foreign":
-        path = Path(rest.partition(":")[2])
-        if not path.is_file():
-            raise UserError(f"{path}: checkpoint file not found")
-        return sha256_file(path)
+        return load_spec(spec).sha256
     return read_metadata(Path(spec))["weights"]["sha256"]
 
 

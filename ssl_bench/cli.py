@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,10 @@ from .progress import set_quiet
 
 SET_HELP = "override a recipe key, e.g. --set optim.lr=0.001 (repeatable)"
 DEVICE_HELP = "auto (CUDA if available), cpu or cuda[:N]"
-CHECKPOINT_HELP = "a checkpoint folder/file of ours, random:ARCH, timm:NAME or foreign:ARCH:PATH"
+CHECKPOINT_HELP = ("a checkpoint folder/file of ours (ssl-bench import writes one from a foreign file), "
+                   "random:ARCH, timm:NAME or foreign:ARCH:PATH (strict import, layout recognised)")
+#: terminal control sequences (colours, cursor moves) some libraries put into exception texts
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
 
 
 @dataclass(frozen=True)
@@ -300,6 +304,19 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----- import --------------------------------------------------------------------------------------
+def _import_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
+    from .imports.command import add_arguments
+
+    add_arguments(p)
+
+
+def _import(args: argparse.Namespace) -> int:
+    from .imports.command import run
+
+    return run(args)
+
+
 # ----- demo ----------------------------------------------------------------------------------------
 def _demo_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
     p.add_argument("--profile", default="demo", help="embedded data profile: demo or tiny")
@@ -345,6 +362,8 @@ COMMANDS = {c.name: c for c in (
     Command("data", "prepare the embedded data; check datasets on disk", _data_arguments, None),
     Command("export", "write a backbone in detectron2 / mmdet / mmseg layout plus a config", _export_arguments,
             _export),
+    Command("import", "import a foreign checkpoint (strict, audited) as an ssl-bench checkpoint", _import_arguments,
+            _import),
     Command("demo", "the main job: embedded data, pretrain all methods, evaluate, leaderboard", _demo_arguments,
             _demo),
     Command("bench", "measure speed (figures and ratios from one run)", _bench_arguments, None),
@@ -375,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except UserError as err:
-        message = " ".join(str(err).split())
+        message = " ".join(_ESCAPES.sub("", str(err)).split())
         print(f"ssl-bench: error: {message}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:

@@ -2,10 +2,13 @@
 
 1. prepare the embedded data (demo profile) unless an identical tree exists;
 2. pretrain every registered method with its ``pretrain/<method>_tiny.yaml``;
-3. evaluate each checkpoint and the ``random:`` baseline of every architecture used on
+3. install and import the pretrained reference of ``protocols/demo_reference.yaml`` (real
+   ImageNet-supervised weights from a pinned package, through the strict audited import);
+4. evaluate each checkpoint and the ``random:`` baseline of every architecture used on
    every protocol ``protocols/demo.yaml`` lists, with the recipe it names (without that file:
-   every registered protocol with its package defaults);
-4. write ``leaderboards/embedded.{md,csv,html,png}``.
+   every registered protocol with its package defaults), and the reference on the protocols
+   and recipes its file lists;
+5. write ``leaderboards/embedded.{md,csv,html,png}``.
 
 Interrupted and rerun, it resumes: finished pretraining runs are reused by the engine,
 and an evaluation whose (checkpoint hash, protocol, resolved recipe) is already in the
@@ -15,7 +18,10 @@ results store is skipped. A failing step is reported and the others still run.
 from __future__ import annotations
 
 import functools
-import json
+import importlib.metadata
+import importlib.util
+import subprocess
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -23,11 +29,13 @@ from pathlib import Path
 
 import yaml
 
-from .checkpoints import weights_sha256
+from .atomic import sha256_file
+from .checkpoints import read_metadata, weights_sha256
 from .data.embedded import prepare_if_needed
 from .engine import pretrain
 from .errors import NotApplicable, UserError
 from .evaluate import evaluate, resolve_protocol_recipe
+from .imports.command import import_checkpoint
 from .leaderboard import write_leaderboard
 from .methods import METHODS
 from .progress import log
@@ -71,6 +79,83 @@ def protocol_recipes(folder: Path) -> dict[str, Path | None]:
     return recipes
 
 
+@dataclass
+class Reference:
+    """The demo's pretrained reference row, as ``protocols/demo_reference.yaml`` describes it."""
+
+    package: str  # pinned requirement, e.g. name==1.0
+    module: str  # the package's import name
+    weights: str  # the weights file inside the package folder
+    sha256: str
+    layout: str
+    arch: str
+    label: str
+    protocols: dict[str, Path]
+
+
+def reference_recipe(folder: Path, protocols: dict) -> Reference | None:
+    """``protocols/demo_reference.yaml`` (None without that file); its protocols must be demo protocols."""
+    index = folder / "demo_reference.yaml"
+    if not index.is_file():
+        return None
+    fields = yaml.safe_load(index.read_text()) or {}
+    wanted = set(Reference.__dataclass_fields__)
+    if set(fields) != wanted:
+        raise UserError(f"{index}: expected the keys {', '.join(sorted(wanted))}; got {', '.join(sorted(fields))}")
+    recipes = {}
+    for name, file in fields["protocols"].items():
+        if name not in protocols:
+            raise UserError(f"{index}: protocol {name!r} is not one of the demo's (protocols/demo.yaml)")
+        recipes[name] = folder / file
+        if not recipes[name].is_file():
+            raise UserError(f"{index}: protocol {name!r} names {file}, which does not exist in {folder}")
+    if "==" not in fields["package"]:
+        raise UserError(f"{index}: package {fields['package']!r} must be pinned (name==version)")
+    return Reference(**{**fields, "protocols": recipes})
+
+
+def install_reference_weights(reference: Reference) -> Path:
+    """The reference's weights file: its pinned package installed into the running environment
+    (once), the file checked against the pinned sha256."""
+    name, _, version = reference.package.partition("==")
+    try:
+        installed = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        installed = None
+    if installed != version:
+        log(f"  pip install {reference.package}")
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                               "--no-deps", reference.package], capture_output=True, text=True)
+        if done.returncode:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UserError(f"pip install {reference.package} failed ({last}); the reference row needs the "
+                            "package registry once")
+        importlib.invalidate_caches()
+    spec = importlib.util.find_spec(reference.module)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"{reference.package} is installed but module {reference.module!r} is not importable")
+    path = Path(spec.submodule_search_locations[0]) / reference.weights
+    if not path.is_file() or sha256_file(path) != reference.sha256:
+        raise UserError(f"{path}: missing or not the pinned file (sha256 {reference.sha256[:12]}...); "
+                        f"reinstall {reference.package}")
+    return path
+
+
+def import_reference(reference: Reference, weights: Path, out: Path) -> Path:
+    """The reference imported into ``out`` (reused when an intact import of the same file is there)."""
+    try:
+        meta = read_metadata(out)
+        audit = meta.get("import", {})
+        if (audit.get("source", {}).get("sha256"), audit.get("layout"), meta.get("arch"), meta.get("label")) == \
+                (reference.sha256, reference.layout, reference.arch, reference.label):
+            log("  already imported: reused")
+            return out
+    except UserError:
+        pass
+    import_checkpoint(weights, out, reference.arch, label=reference.label, layout=reference.layout)
+    return out
+
+
 class Demo:
     """Runs the steps in order, counting them, and keeps going past a failing step."""
 
@@ -100,8 +185,10 @@ class Demo:
         lay = self.layout
         methods = [m for m in METHODS.names() if _tiny_recipe(lay.project / "pretrain", m)]
         protocols = protocol_recipes(lay.project / "protocols")
+        reference = reference_recipe(lay.project / "protocols", protocols)
         archs = sorted({_recipe_arch(_tiny_recipe(lay.project / "pretrain", m)) for m in methods})
-        self.total = 1 + len(methods) + (len(methods) + len(archs)) * len(protocols) + 1
+        self.total = (1 + len(methods) + (len(methods) + len(archs)) * len(protocols) + 1
+                      + (2 + len(reference.protocols) if reference else 0))
 
         self.step(f"prepare embedded data ({lay.profile} profile) in {lay.data}",
                   lambda: prepare_if_needed(lay.data, profile=lay.profile))
@@ -115,6 +202,15 @@ class Demo:
         specs += [f"random:{arch}" for arch in archs]
         stored = stored_keys(lay.results)
         sha256 = functools.cache(weights_sha256)  # each checkpoint file hashed once
+        evaluations = {protocol: [(spec, recipe) for spec in specs] for protocol, recipe in protocols.items()}
+        if reference:
+            weights = self.step(f"install the reference weights ({reference.package})",
+                                lambda: install_reference_weights(reference))
+            out = lay.runs / "reference"
+            if weights and self.step(f"import {weights.name} ({reference.layout} layout) into {reference.arch}",
+                                     lambda: import_reference(reference, weights, out)):
+                for protocol, recipe in reference.protocols.items():
+                    evaluations[protocol].append((str(out), recipe))
 
         def write(formats=("md", "csv", "html", "png")):
             return write_leaderboard(lay.results, lay.leaderboard, formats)
@@ -123,9 +219,9 @@ class Demo:
         # checkpoint comes early; the Markdown/CSV table on disk grows a column at a time,
         # rewritten after a protocol that added results; the page and plots (tens of seconds
         # to draw) once at the end
-        for index, (protocol, recipe) in enumerate(protocols.items()):
+        for index, (protocol, runs) in enumerate(evaluations.items()):
             fresh = False
-            for spec in specs:
+            for spec, recipe in runs:
 
                 def evaluate_once(spec=spec, protocol=protocol, recipe=recipe):
                     key = evaluation_key(sha256(spec), protocol, resolve_protocol_recipe(protocol, recipe))

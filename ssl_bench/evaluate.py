@@ -42,6 +42,8 @@ def evaluate(protocol: str, checkpoint: str, data: Path, *, recipe: Path | None 
     info = {"label": ckpt.label, "sha256": ckpt.sha256, "method": ckpt.meta.get("method"),
             "arch": ckpt.meta.get("arch"), "encoder": ckpt.meta.get("encoder"),
             "spec": checkpoint, "eval": ckpt.eval}
+    if "import" in ckpt.meta:  # the audit of a foreign file's import travels with every result
+        info["import"] = ckpt.meta["import"]
     if int(os.environ.get("RANK", 0)) != 0:
         # under torchrun or a Slurm job (RANK set on every rank, whether or not the protocol
         # joins a process group) only rank 0 stores the result

@@ -56,7 +56,7 @@ SCHEMA = 1
 RECORD_COLUMNS = ["checkpoint", "method", "arch", "protocol", "dataset", "metric", "value",
                   "checkpoint_sha256", "code_commit", "code_dirty", "torch", "machine", "wall_time_s",
                   "timestamp", "file",
-                  "seed", "split", "predictions", "predictions_key", "predictions_scale", "recipe_key"]
+                  "seed", "split", "predictions", "predictions_key", "predictions_scale", "recipe_key", "imported"]
 PREDICTION_SCALES = (100.0, 1.0)  # percent, fraction
 
 
@@ -202,6 +202,14 @@ def stored_keys(results_dir: Path) -> set[str]:
             for _, payload in iter_evaluations(results_dir)}
 
 
+def _imported(audit: dict | None) -> str | None:
+    """One line on where an imported checkpoint's weights came from (None: not imported)."""
+    if not audit:
+        return None
+    return (f"{audit['source']['file']} (sha256 {audit['source']['sha256'][:12]}), layout {audit['layout']}, "
+            f"{audit['encoder']} encoder: {audit['summary']}")
+
+
 def load_results(results_dir: Path) -> pd.DataFrame:
     """All records under ``results_dir`` as one DataFrame (columns ``RECORD_COLUMNS``)."""
     import pandas as pd  # heavy, and only the leaderboards read the store: not loaded by 'ssl-bench eval'
@@ -225,5 +233,6 @@ def load_results(results_dir: Path) -> pd.DataFrame:
                          "predictions": str(path.parent / preds["file"]) if preds else None,
                          "predictions_key": preds.get("key"),
                          "predictions_scale": preds.get("scale"),
-                         "recipe_key": recipe_key(payload.get("recipe"))})
+                         "recipe_key": recipe_key(payload.get("recipe")),
+                         "imported": _imported(ckpt.get("import"))})
     return pd.DataFrame(rows, columns=RECORD_COLUMNS)

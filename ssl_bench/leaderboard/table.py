@@ -54,13 +54,13 @@ def _text(value) -> str:
 def measured_label(checkpoint, method, arch) -> str:
     """Row label of a measured checkpoint: ``method arch (checkpoint label)``.
 
-    ``random:ARCH`` -> ``random init ARCH``; ``timm:``/``foreign:`` -> their spec label;
+    ``random:ARCH`` -> ``random init ARCH``; ``timm:``/``foreign:`` and imported checkpoints -> their label;
     the checkpoint label is dropped where it only repeats method and architecture.
     """
     checkpoint, method, arch = _text(checkpoint), _text(method), _text(arch)
     if checkpoint.startswith("random:") or method == "random":
         return f"random init {arch or checkpoint.partition(':')[2]}"
-    if method in ("timm", "foreign") and checkpoint:
+    if method in ("timm", "foreign", "import") and checkpoint:
         return checkpoint
     base = " ".join(part for part in (method, arch) if part)
     if not base:
@@ -607,7 +607,10 @@ def provenance_lines(records: pd.DataFrame | None, superseded: int = 0) -> list[
     when = (days[0] if days[0] == days[-1] else f"{days[0]} to {days[-1]}") if days else "unknown dates"
     commits = _listed(str(c)[:10] for c in evaluations["code_commit"].dropna())
     dirty = " (some with uncommitted changes)" if evaluations["code_dirty"].eq(True).any() else ""
+    imported = (evaluations.dropna(subset=["imported"]).drop_duplicates(["checkpoint", "imported"])
+                if "imported" in evaluations else evaluations.iloc[:0])
     return [f"Measured: {len(evaluations)} evaluations on {when} (UTC), code commit {commits}{dirty}, "
             f"torch {_listed(evaluations['torch'])}, machine: {_listed(evaluations['machine'])}."] + (
         [f"Left out: {superseded} older evaluations whose protocol recipe differs from the latest one "
-         "for the same checkpoint and protocol."] if superseded else [])
+         "for the same checkpoint and protocol."] if superseded else []) + [
+        f"Imported: {row.checkpoint} from {row.imported}." for row in imported.itertuples()]
