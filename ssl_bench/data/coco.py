@@ -105,17 +105,18 @@ class InstanceDataset(Dataset):
     ``transforms(image, target) -> (image, target)`` is applied after conversion to tensors.
     """
 
+    lvis: bool  # the subclass's format: COCO or LVIS
+
     def __init__(self, image_root: str | Path, ann_file: str | Path, transforms: Callable | None = None, *,
-                 lvis: bool = False, with_masks: bool = True):
+                 with_masks: bool = True):
         self.image_root = Path(image_root)
         self.ann_file = Path(ann_file)
         self.transforms = transforms
-        self.lvis = lvis
         self.with_masks = with_masks
         data = load_json(self.ann_file)
-        for key in fmt_config("lvis" if lvis else "coco")["required_keys"]:
+        for key in fmt_config("lvis" if self.lvis else "coco")["required_keys"]:
             if not isinstance(data, dict) or key not in data:
-                raise UserError(f"{self.ann_file}: no '{key}' list (not a {'LVIS' if lvis else 'COCO'} JSON); "
+                raise UserError(f"{self.ann_file}: no '{key}' list (not a {'LVIS' if self.lvis else 'COCO'} JSON); "
                                 f"run `ssl-bench data check` for details")
         self.categories = sorted(data["categories"], key=lambda c: c["id"])
         self.cat_ids = [c["id"] for c in self.categories]
@@ -164,6 +165,16 @@ class InstanceDataset(Dataset):
                 target[out] = torch.tensor([self.cat_id_to_label[c] for c in img.get(key, [])], dtype=torch.int64)
         return target
 
+    @classmethod
+    def from_root(cls, root: str | Path, split: str, transforms=None, **kw) -> "InstanceDataset":
+        """The ``split`` of the dataset at ``root`` (its ``split_files``: annotation JSON, image folder)."""
+        root = Path(root)
+        splits = cls.split_files(root)
+        if split not in splits:
+            raise UserError(f"{cls.annotation_file(root, split)}: missing (splits here: {', '.join(splits) or 'none'})")
+        ann, images = splits[split]
+        return cls(images, ann, transforms, **kw)
+
     def __getitem__(self, i: int):
         img = to_float_tensor(load_rgb(self.image_path(self.images[i])))
         target = self.target(i)
@@ -175,32 +186,29 @@ class InstanceDataset(Dataset):
 class CocoDetection(InstanceDataset):
     """COCO instances JSON. ``CocoDetection.from_root(root, "val2017")``."""
 
-    def __init__(self, image_root, ann_file, transforms=None, **kw):
-        super().__init__(image_root, ann_file, transforms, lvis=False, **kw)
+    lvis = False
 
-    @classmethod
-    def from_root(cls, root: str | Path, split: str, transforms=None, **kw) -> "CocoDetection":
-        splits = coco_splits(Path(root))
-        if split not in splits:
-            raise UserError(f"{Path(root) / 'annotations' / f'instances_{split}.json'}: missing "
-                            f"(splits here: {', '.join(splits) or 'none'})")
-        ann, images = splits[split]
-        return cls(images, ann, transforms, **kw)
+    @staticmethod
+    def split_files(root: Path) -> dict[str, tuple[Path, Path]]:
+        return coco_splits(root)
+
+    @staticmethod
+    def annotation_file(root: Path, split: str) -> Path:
+        return root / "annotations" / f"instances_{split}.json"
 
 
 class LvisDetection(InstanceDataset):
     """LVIS v1 JSON. ``LvisDetection.from_root(root, "val")`` finds the COCO images (see lvis_image_root)."""
 
-    def __init__(self, image_root, ann_file, transforms=None, **kw):
-        super().__init__(image_root, ann_file, transforms, lvis=True, **kw)
+    lvis = True
 
-    @classmethod
-    def from_root(cls, root: str | Path, split: str, transforms=None, **kw) -> "LvisDetection":
-        splits = lvis_splits(Path(root))
-        if split not in splits:
-            raise UserError(f"{Path(root) / f'lvis_v1_{split}.json'}: missing (splits here: "
-                            f"{', '.join(splits) or 'none'})")
-        return cls(lvis_image_root(Path(root)), splits[split], transforms, **kw)
+    @staticmethod
+    def split_files(root: Path) -> dict[str, tuple[Path, Path]]:
+        return {split: (ann, lvis_image_root(root)) for split, ann in lvis_splits(root).items()}
+
+    @staticmethod
+    def annotation_file(root: Path, split: str) -> Path:
+        return root / f"lvis_v1_{split}.json"
 
 
 def detection_collate(batch):
