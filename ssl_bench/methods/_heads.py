@@ -41,6 +41,20 @@ def trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def without_drop_path(module: nn.Module) -> nn.Module:
+    """``module`` with every stochastic-depth layer (timm ``DropPath``) replaced by an identity, in
+    place: the momentum teachers of DINO-lineage methods and SiameseIM's target are built with
+    drop_path_rate 0 while their student uses it (models_sim.py ``build_momentum_target``)."""
+    from timm.layers import DropPath
+
+    for name, child in module.named_children():
+        if isinstance(child, DropPath):
+            setattr(module, name, nn.Identity())
+        else:
+            without_drop_path(child)
+    return module
+
+
 def distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
