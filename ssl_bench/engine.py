@@ -90,12 +90,15 @@ def build_method(recipe: dict):
 
 # ----- schedules ------------------------------------------------------------------------------
 def warmup_cosine(step: float, *, base: float, final: float, warmup_steps: float, total_steps: float,
-                  start: float = 0.0) -> float:
+                  start: float = 0.0, endpoint: bool = False) -> float:
     """Linear warmup from ``start`` to ``base`` over ``warmup_steps``, then a half cosine to
     ``final`` at ``total_steps`` (clamped there: msn src/utils.py WarmupCosineSchedule,
-    CosineWDSchedule; BEiT/ConMIM utils.cosine_scheduler)."""
+    CosineWDSchedule; BEiT/ConMIM utils.cosine_scheduler). The warmup reaches ``start + (base -
+    start) * step / warmup_steps``; with ``endpoint`` it reaches ``base`` at its last step, step /
+    (warmup_steps - 1) (BEiT/ConMIM: ``np.linspace(start, base, warmup_iters)``)."""
     if step < warmup_steps:
-        return start + (base - start) * step / warmup_steps
+        span = warmup_steps - 1 if endpoint and warmup_steps > 1 else warmup_steps
+        return start + (base - start) * step / span
     progress_ = min(1.0, (step - warmup_steps) / max(1.0, total_steps - warmup_steps))
     value = final + (base - final) * 0.5 * (1.0 + math.cos(math.pi * progress_))
     low, high = min(base, final), max(base, final)
@@ -132,7 +135,7 @@ class Schedules:
     def lr(self, step: int) -> float:
         o = self.optim
         return warmup_cosine(step + o["step_offset"], base=o["lr"], final=o["min_lr"], start=o["start_lr"],
-                             warmup_steps=self.warmup, total_steps=self.horizon)
+                             warmup_steps=self.warmup, total_steps=self.horizon, endpoint=o["warmup_endpoint"])
 
     def weight_decay(self, step: int) -> float:
         o = self.optim
@@ -549,7 +552,7 @@ def _train(recipe: dict, run: Path, device: torch.device, world: int, rank: int)
     model = method
     if world > 1:
         if device.type == "cuda" and getattr(method, "sync_batchnorm", False):
-            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)  # in place for nested modules
+            method = sync_batchnorm(method)
         model = nn.parallel.DistributedDataParallel(method, device_ids=[device] if device.type == "cuda" else None)
     method.train()
     pairs = method.ema_pairs()
@@ -565,7 +568,9 @@ def _train(recipe: dict, run: Path, device: torch.device, world: int, rank: int)
     log_path = run / LOG_FILE
     start_time = time.perf_counter()
     try:
-        while step < total:
+        budget = float(recipe["max_train_seconds"])
+        out_of_time = False
+        while step < total and not out_of_time:
             epoch, first = divmod(step, order.ipe)
             loader = make_loader(dataset, order, epoch, first, recipe, device)
             tick = time.perf_counter()
@@ -622,7 +627,15 @@ def _train(recipe: dict, run: Path, device: torch.device, world: int, rank: int)
                         and step != total:
                     export(run, method, recipe, step, step // order.ipe, stem=f"checkpoints/epoch_{step // order.ipe:04d}",
                            final=False)
-                if step >= total:
+                if budget > 0:
+                    flag = torch.tensor([float(time.perf_counter() - start_time >= budget)], device=device)
+                    if world > 1:
+                        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank stops at the same step
+                    out_of_time = bool(flag.item())
+                if out_of_time and step < total:
+                    log(f"{run}: max_train_seconds {budget:g} reached at step {step}/{total}")
+                    _save(run, method, optimizer, step, epoch, recipe, world, main)
+                if step >= total or out_of_time:
                     break
     finally:
         if bar is not None:
@@ -635,6 +648,12 @@ def _train(recipe: dict, run: Path, device: torch.device, world: int, rank: int)
     if world > 1:
         dist.barrier()
     return sidecar
+
+
+def sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Every BatchNorm of ``module`` as SyncBatchNorm (batch statistics over all ranks; in place
+    for nested modules). Methods opt in with ``sync_batchnorm = True``; NCCL only."""
+    return nn.SyncBatchNorm.convert_sync_batchnorm(module)
 
 
 def _save(run, method, optimizer, step, epoch, recipe, world, main) -> None:
