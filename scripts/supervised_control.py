@@ -4,7 +4,7 @@ Trains an encoder with the labels (cross-entropy through a linear head) for a st
 budget and saves it as an ssl-bench checkpoint, so that ``ssl-bench eval --protocol knn`` scores it
 exactly as it scores a pretraining run. It answers whether the architecture can learn class
 information from the data within the budget at all; if labels cannot, no self-supervised recipe of
-that budget can. Usage (see README, "What the learning check measures"):
+that budget can. Usage (see README, "Why the conv stem, and a supervised control"):
 
     .venv/bin/python scripts/supervised_control.py --arch vit_tiny_patch16_224 --img-size 64 \
         --data sb-data --seconds 530 --out runs/control-vit_tiny

@@ -10,12 +10,15 @@ from .errors import UserError
 
 
 def warmup_cosine(step: float, *, base: float, final: float, warmup_steps: float, total_steps: float,
-                  start: float = 0.0) -> float:
+                  start: float = 0.0, endpoint: bool = False) -> float:
     """Linear warmup from ``start`` to ``base`` over ``warmup_steps``, then a half cosine to
     ``final`` at ``total_steps`` (clamped there: msn src/utils.py WarmupCosineSchedule,
-    CosineWDSchedule; BEiT/ConMIM utils.cosine_scheduler)."""
+    CosineWDSchedule; BEiT/ConMIM utils.cosine_scheduler). The warmup reaches ``start + (base -
+    start) * step / warmup_steps``; with ``endpoint`` it reaches ``base`` at its last step, step /
+    (warmup_steps - 1) (BEiT/ConMIM: ``np.linspace(start, base, warmup_iters)``)."""
     if step < warmup_steps:
-        return start + (base - start) * step / warmup_steps
+        span = warmup_steps - 1 if endpoint and warmup_steps > 1 else warmup_steps
+        return start + (base - start) * step / span
     progress_ = min(1.0, (step - warmup_steps) / max(1.0, total_steps - warmup_steps))
     value = final + (base - final) * 0.5 * (1.0 + math.cos(math.pi * progress_))
     low, high = min(base, final), max(base, final)

@@ -112,7 +112,8 @@ def resnet():
 
 def check_mapping(backbone, fmt, expected, dropped_expected, layout="c4"):
     state = backbone.encoder_state_dict()
-    out, key_map, dropped = map_state_dict(state, fmt, is_vit=backbone.is_vit, layout=layout)
+    out, key_map, dropped = map_state_dict(state, fmt, is_vit=backbone.is_vit, layout=layout,
+                                           beit=backbone.family == "beit")
     # every target key is exactly the documented one, with its documented shape
     assert set(out) == set(expected)
     assert {k: tuple(v.shape) for k, v in out.items()} == expected
@@ -206,3 +207,34 @@ def test_export_bad_format_is_a_usage_error(capsys):
 def test_conv_stem_vit_is_refused_naming_why(tmp_path, fmt):
     with pytest.raises(UserError, match="conv-stem ViT has no place"):
         export("random:vit_tiny_convstem_patch16_224", fmt, tmp_path)
+
+
+def expected_beit_mmseg(depth: int, dim: int, heads: int, window: int) -> dict[str, tuple]:
+    """mmseg BEiT (models/backbones/beit.py): cls_token, patch_embed.projection, layers.<i>.{ln1, ln2,
+    attn.{qkv.weight (no bias: qv_bias), q_bias, v_bias, relative_position_bias_table, proj},
+    ffn.layers.{0.0, 1}, gamma_1, gamma_2}; no pos_embed; final norm dropped."""
+    shapes = {"cls_token": (1, 1, dim), "patch_embed.projection.weight": (dim, 3, 16, 16),
+              "patch_embed.projection.bias": (dim,)}
+    for i in range(depth):
+        layer = f"layers.{i}."
+        shapes.update({layer + "ln1.weight": (dim,), layer + "ln1.bias": (dim,), layer + "ln2.weight": (dim,),
+                       layer + "ln2.bias": (dim,), layer + "attn.qkv.weight": (3 * dim, dim),
+                       layer + "attn.q_bias": (dim,), layer + "attn.v_bias": (dim,),
+                       layer + "attn.relative_position_bias_table": ((2 * window - 1) ** 2 + 3, heads),
+                       layer + "attn.proj.weight": (dim, dim), layer + "attn.proj.bias": (dim,),
+                       layer + "ffn.layers.0.0.weight": (4 * dim, dim), layer + "ffn.layers.0.0.bias": (4 * dim,),
+                       layer + "ffn.layers.1.weight": (dim, 4 * dim), layer + "ffn.layers.1.bias": (dim,),
+                       layer + "gamma_1": (dim,), layer + "gamma_2": (dim,)})
+    return shapes
+
+
+def test_beit_mmseg_layout_and_refusals(tmp_path):
+    beit = Backbone("beit_tiny_patch16_224", img_size=64, shared_rel_pos_bias=True)  # ConMIM's pretraining form
+    check_mapping(beit, "mmseg", expected_beit_mmseg(12, 192, 3, 4), {"norm.weight", "norm.bias"})
+    manifest = export("random:beit_tiny_patch16_224", "mmseg", tmp_path)
+    text = (tmp_path / manifest["files"]["config_ade20k"]).read_text()
+    ast.parse(text)
+    assert "type='BEiT'" in text and "qv_bias=True" in text
+    for fmt in ("detectron2", "mmdet"):
+        with pytest.raises(UserError, match="--format mmseg"):
+            export("random:beit_tiny_patch16_224", fmt, tmp_path / fmt)

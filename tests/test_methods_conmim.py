@@ -132,3 +132,51 @@ def test_conmim_model_step_and_groups(tmp_path):
     assert backbone is method.teacher_backbone and meta["encoder"] == "teacher"
     online, meta = ConMIM(_recipe(tmp_path, "conmim.export=online")).export()
     assert meta["encoder"] == "online"
+
+
+# ----- official backbone, initialisation and warmup --------------------------------------------
+def _truncated_std(std: float, cut: float) -> float:
+    """Standard deviation of N(0, std^2) truncated at +-cut*std: std * sqrt(1 - 2 c phi(c) / (2 Phi(c) - 1))."""
+    phi = math.exp(-cut * cut / 2) / math.sqrt(2 * math.pi)
+    mass = math.erf(cut / math.sqrt(2))  # 2 Phi(c) - 1
+    return std * math.sqrt(1 - 2 * cut * phi / mass)
+
+
+def test_beit_backbone_and_official_initialisation(tmp_path):
+    """modeling_pretrain.py: trunc_normal_ cut at +-std (std 0.02 -> 0.0108), block l's attn.proj and
+    mlp.fc2 then divided by sqrt(2 l); shared relative position bias, layer scale 0.1, no pos_embed."""
+    torch.manual_seed(0)
+    method = ConMIM(_recipe(tmp_path, "backbone.arch=beit_small_patch16_224", "backbone.img_size=32"))
+    model = method.backbone.model
+    assert model.rel_pos_bias is not None and model.blocks[0].attn.relative_position_bias_table is None
+    assert model.pos_embed is None and torch.all(model.blocks[3].gamma_2 == 0.1)
+    expected = _truncated_std(0.02, 1.0)
+    for weight in (model.blocks[0].attn.qkv.weight, model.blocks[6].mlp.fc1.weight, method.projector.fc1.weight):
+        assert weight.abs().max() <= 0.02 and weight.std().item() == pytest.approx(expected, rel=0.03)
+    for layer in (1, 12):
+        for weight in (model.blocks[layer - 1].attn.proj.weight, model.blocks[layer - 1].mlp.fc2.weight):
+            assert weight.std().item() == pytest.approx(expected / math.sqrt(2 * layer), rel=0.03)
+            assert weight.abs().max() <= 0.02 / math.sqrt(2 * layer) + 1e-9
+    for token in (model.cls_token, method.backbone.mask_token):
+        assert token.abs().max() <= 0.02 and token.std().item() == pytest.approx(expected, rel=0.15)  # 384 draws
+    assert model.blocks[2].attn.q_bias.abs().max() == 0 and model.patch_embed.proj.weight.abs().max() <= 0.02
+    # the exported teacher is a plain timm BEiT (table copied into every block)
+    backbone, _ = method.export()
+    assert "blocks.11.attn.relative_position_bias_table" in backbone.encoder_state_dict()
+
+
+def test_warmup_reaches_the_peak_at_its_last_step(tmp_path):
+    """utils.cosine_scheduler: warmup = np.linspace(0, lr, n), then the cosine from i = 0."""
+    from ssl_bench.engine.step import Schedules
+
+    recipe = _recipe(tmp_path, "optim.epochs=2", "optim.warmup_epochs=1", "optim.min_lr=1e-5", "optim.lr=5e-4")
+    assert recipe["optim"]["warmup_endpoint"] is False  # the engine's default: lr x i / n
+    recipe = _recipe(tmp_path, "optim.epochs=2", "optim.warmup_epochs=1", "optim.min_lr=1e-5", "optim.lr=5e-4",
+                     "optim.warmup_endpoint=true")
+    ipe = 10
+    sched = Schedules(recipe, ipe)
+    warm = np.linspace(0, 5e-4, ipe)
+    iters = np.arange(2 * ipe - ipe)
+    cosine = 1e-5 + 0.5 * (5e-4 - 1e-5) * (1 + np.cos(np.pi * iters / len(iters)))
+    official = np.concatenate([warm, cosine])
+    assert [sched.lr(i) for i in range(2 * ipe)] == pytest.approx(official.tolist(), rel=1e-9, abs=1e-15)

@@ -31,8 +31,10 @@ def test_reconstruction_loss_by_hand():
     pred = torch.tensor([[[1.0, 2.0], [5.0, 5.0], [0.0, 0.0]]])
     target = torch.tensor([[[0.0, 0.0], [0.0, 0.0], [1.0, -3.0]]])
     mask = torch.tensor([[True, False, True]])
-    # masked patches 0 and 2: mean |err| = 1.5 and 2.0 -> 1.75 (patch 1 ignored)
-    assert reconstruction_loss(pred, target, mask).item() == pytest.approx(1.75)
+    # paper Eq. 1: (1/P) sum_p M_p |x_p - x^_p| over all P = 6 pixels: (1 + 2 + 1 + 3) / 6 (patch 1 unmasked)
+    assert reconstruction_loss(pred, target, mask).item() == pytest.approx(7 / 6)
+    # masked pixels only (SiT / MAE): masked patches 0 and 2 have mean |err| 1.5 and 2.0 -> 1.75
+    assert reconstruction_loss(pred, target, mask, "masked_pixels").item() == pytest.approx(1.75)
 
 
 def test_patchify_raster_order():
@@ -70,6 +72,28 @@ def test_patch_info_nce_matches_numpy(negatives):
     assert got.item() == pytest.approx(expect[mask.numpy()].mean(), rel=1e-5)
 
 
+@pytest.mark.parametrize("negatives", ["all", "same_position"])
+def test_patch_info_nce_gathered_negatives(monkeypatch, negatives):
+    """As rank 1 of 2: the keys of rank 0's images (gathered first) join as negatives only."""
+    from ssl_bench.methods import mmc
+
+    rng = np.random.default_rng(4)
+    q, k, other = rng.normal(size=(2, 3, 5)), rng.normal(size=(2, 3, 5)), rng.normal(size=(2, 3, 5))
+    monkeypatch.setattr(mmc, "rank_and_world", lambda: (1, 2))
+    monkeypatch.setattr(mmc, "gather_no_grad", lambda x: torch.cat([torch.tensor(_np_normalize(other)).float(), x]))
+    got = patch_info_nce(torch.tensor(q), torch.tensor(k), 0.2, negatives=negatives, gather=True)
+    qn, kn, on = _np_normalize(q), _np_normalize(k), _np_normalize(other)
+    losses = []
+    for i in range(2):
+        for p in range(3):
+            keys = [kn[i, p]]  # positive: the same image's patch at p
+            for j, image in enumerate(list(on) + list(kn)):
+                if j != 2 + i:  # every other image, of either rank
+                    keys.extend(image if negatives == "all" else [image[p]])
+            losses.append(_np_ce(np.array(keys) @ qn[i, p] / 0.2, 0))
+    assert got.item() == pytest.approx(np.mean(losses), rel=1e-5)
+
+
 def test_patch_info_nce_perfect_match_is_small():
     k = torch.eye(4).repeat(2, 1).reshape(2, 4, 4)  # orthogonal positions, image 1 = -image 0
     k[1] = -k[1]
@@ -101,9 +125,9 @@ def test_replace_from_other_images():
     mask = torch.zeros(3, 2, 2, dtype=torch.bool)
     mask[:, 0, 0] = True
     out = replace_from_other_images(masked, clean, mask, torch.tensor([True, False, True]), patch=2)
-    assert out[0, :, 0, 0].tolist() == [2.0] * 3 and out[0, :, 3, 3].tolist() == [0.0] * 3  # donor = image 2
+    assert out[0, :, 0, 0].tolist() == [1.0] * 3 and out[0, :, 3, 3].tolist() == [0.0] * 3  # donor = next image, 1
     assert torch.equal(out[1], masked[1])  # not flagged: keeps its noise-filled view
-    assert out[2, 0, 1, 1].item() == 1.0 and out[2, 0, 2, 2].item() == 2.0
+    assert out[2, 0, 1, 1].item() == 0.0 and out[2, 0, 2, 2].item() == 2.0  # the last takes the first
 
 
 TINY = """method: mmc
@@ -147,3 +171,18 @@ def test_torchrun_two_ranks(tmp_path):
     torchrun_steps(tmp_path, recipe, 2, ("backbone.", "teacher_backbone.", "teacher_head_pat."))
     meta = json.loads((tmp_path / "ddp" / "checkpoint.json").read_text())
     assert meta["method"] == "mmc" and meta["encoder"] == "teacher"
+
+
+def test_teacher_has_no_drop_path(tmp_path):
+    """The student keeps its stochastic depth; the teacher (train mode, as in training) gives the same
+    output twice on one input, as a DINO-lineage teacher built with drop_path_rate 0."""
+    recipe = resolve_recipe(tiny_recipe(tmp_path, TINY.replace("patch_size: 16}", "patch_size: 16, "
+                                                                      "drop_path_rate: 0.5}")), [])
+    method = build_method(recipe).train()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        student = [method.backbone.tokens(x).normed for _ in range(2)]
+        teacher = [method.teacher_backbone.tokens(x).normed for _ in range(2)]
+    assert not torch.allclose(student[0], student[1])
+    assert torch.equal(teacher[0], teacher[1])

@@ -13,6 +13,7 @@ import torch
 from test_methods_siameseim import tiny_recipe, torchrun_steps
 
 from ssl_bench.engine import resolve_recipe
+from ssl_bench.engine.loop import sync_batchnorm
 from ssl_bench.engine.recipe import build_method
 from ssl_bench.methods._siamese import byol_regression, nt_xent
 from ssl_bench.methods.mscn import focal_mask, grid_mask, mask_rendering, mscn_mask
@@ -136,3 +137,40 @@ def test_torchrun_two_ranks(tmp_path):
     torchrun_steps(tmp_path, recipe, 2, ("backbone.", "target_backbone.", "predictor."))
     meta = json.loads((tmp_path / "ddp" / "checkpoint.json").read_text())
     assert meta["method"] == "mscn" and meta["eval"]["input_filter"] == {"name": "highpass", "sigma": 5.0}
+
+
+def test_byol_loss_sums_the_two_directions(tmp_path):
+    """BYOL Eq. 2: L_total = L(v -> v') + L(v' -> v), each 2 - 2 cos(q, z'); with multimasks each
+    direction averages over the source renderings of its view."""
+    text = TINY.replace("{loss}", "byol").replace("num_masks: 1", "num_masks: 2")
+    recipe = resolve_recipe(tiny_recipe(tmp_path, text), [])
+    method = build_method(recipe).eval()  # BN running statistics: each pass independent of the batch
+    views = torch.randn(3, 2, 3, 3, 32, 32)  # (B, view, rendering 0 target + 2 sources, C, H, W)
+    with torch.no_grad():
+        loss, _ = method.loss({"views": views})
+
+        def online(x):
+            return method.predictor(method.projector(method.backbone.features(x, "avgpool"))).numpy()
+
+        def target(x):
+            return method.target_projector(method.target_backbone.features(x, "avgpool")).numpy()
+
+        def byol(p, z):
+            p = p / np.linalg.norm(p, axis=1, keepdims=True)
+            z = z / np.linalg.norm(z, axis=1, keepdims=True)
+            return np.mean(2 - 2 * (p * z).sum(1))
+
+        expected = sum(np.mean([byol(online(views[:, v, m]), target(views[:, 1 - v, 0])) for m in (1, 2)])
+                       for v in (0, 1))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mscn", "siameseim", "msn"])
+def test_methods_with_batchnorm_synchronise_it_across_gpus(name):
+    """SimCLR's global BN / BYOL's cross-replica BN (MSCN), main_pretrain.py (SiameseIM) and
+    msn_train.py (MSN) convert BatchNorm to SyncBatchNorm under distributed training."""
+    from ssl_bench.methods import METHODS
+
+    assert METHODS.get(name).sync_batchnorm is True
+    converted = sync_batchnorm(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)))
+    assert isinstance(converted[1], torch.nn.SyncBatchNorm)

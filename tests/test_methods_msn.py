@@ -195,3 +195,35 @@ def test_msn_param_groups_and_export(tmp_path):
     backbone, meta = method.export()
     assert backbone is method.target_backbone and meta["encoder"] == "target"
     assert meta["eval"]["feature"] == "cls_prenorm"
+
+
+# ----- official src/deit.py behaviour --------------------------------------------------------
+def test_focal_position_embedding_is_plain_bicubic(tmp_path):
+    """deit.py interpolate_pos_encoding: F.interpolate(bicubic, scale_factor=sqrt(npatch / N)), no
+    antialiasing; the CLS position is kept. A 32 px focal view of a 64 px model: 2x2 from 4x4."""
+    method = MSN(_recipe(tmp_path))
+    vit = method.backbone.model
+    with torch.no_grad():
+        tokens = method.backbone.add_positions(torch.zeros(1, 2, 2, 192))
+        pos = vit.pos_embed[:, 1:].reshape(1, 4, 4, 192).permute(0, 3, 1, 2)
+        official = torch.nn.functional.interpolate(pos, scale_factor=math.sqrt(4 / 16), mode="bicubic")
+        official = official.permute(0, 2, 3, 1).reshape(1, 4, 192)
+        antialiased = torch.nn.functional.interpolate(pos, size=(2, 2), mode="bicubic", antialias=True)
+    assert torch.allclose(tokens[:, 1:], official, atol=1e-6)
+    assert torch.allclose(tokens[:, 0], vit.cls_token[:, 0] + vit.pos_embed[:, 0], atol=1e-6)
+    assert not torch.allclose(official, antialiased.permute(0, 2, 3, 1).reshape(1, 4, 192), atol=1e-3)
+
+
+def test_encoder_initialisation_is_deits(tmp_path):
+    """deit.py _init_weights: patch projection Kaiming normal (fan_in, ReLU): std sqrt(2 / (3*16*16))
+    = 0.051; cls_token and pos_embed std 0.02 (timm: cls_token 1e-6); Linear std 0.02, biases 0."""
+    torch.manual_seed(0)
+    vit = MSN(_recipe(tmp_path)).backbone.model
+    assert vit.patch_embed.proj.weight.std().item() == pytest.approx(math.sqrt(2 / 768), rel=0.03)
+    assert vit.patch_embed.proj.bias.abs().max() == 0
+    assert vit.cls_token.std().item() == pytest.approx(0.02, rel=0.15)  # 192 draws
+    assert vit.pos_embed.std().item() == pytest.approx(0.02, rel=0.03)
+    assert vit.blocks[5].mlp.fc2.weight.std().item() == pytest.approx(0.02, rel=0.03)
+    assert vit.blocks[5].attn.qkv.bias.abs().max() == 0 and torch.all(vit.blocks[5].norm1.weight == 1)
+    timm_init = MSN(_recipe(tmp_path, init="timm")).backbone.model
+    assert timm_init.cls_token.std().item() < 1e-5  # the timm default the recipe option keeps

@@ -235,3 +235,18 @@ def test_torchrun_two_ranks(tmp_path):
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     # cosine EMA 0.995 -> 1 over the run's 2 steps: m(0) = 0.995, m(1) = 0.995 + 0.005 / 2
     assert [round(r["momentum"], 6) for r in log] == [0.995, 0.9975]
+
+
+def test_target_has_no_drop_path_and_conv_stem_freezes_whole(tmp_path):
+    """models_sim.py builds mm_blocks without drop path: the target (train mode) is deterministic while
+    the online encoder drops paths; a frozen patch embedding of a conv-stem ViT is the whole stem."""
+    text = TINY.replace("{{arch: vit_tiny_patch16_224, img_size: 32, patch_size: 16}}",
+                        "{{arch: vit_tiny_convstem_patch16_224, img_size: 32, patch_size: 16, drop_path_rate: 0.5}}")
+    method = build_method(resolve_recipe(tiny_recipe(tmp_path, text), [])).train()
+    assert not any(p.requires_grad for p in method.backbone.model.patch_embed.parameters())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        online = [method.backbone.tokens(x).prenorm for _ in range(2)]
+        target = [method.target_backbone.tokens(x).prenorm for _ in range(2)]
+    assert not torch.allclose(online[0], online[1]) and torch.equal(target[0], target[1])

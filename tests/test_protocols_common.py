@@ -175,3 +175,16 @@ def test_bf16_extraction_is_a_separate_close_entry(tree, tmp_path):
     a, b = np.asarray(fp32.features), np.asarray(bf16.features)
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.98 and not np.array_equal(a, b)
+
+
+def test_beit_checkpoint_features_through_the_cache(tree, tmp_path):
+    """A timm BEiT (ConMIM's backbone) through the frozen-feature path every such protocol uses."""
+    ctx = context(tree, tmp_path, "knn", spec="random:beit_tiny_patch16_224")
+    spec = FeatureSpec("avgpool", True)
+    tcfg = ctx.recipe["transform"]
+    ds = _dataset(tree, tcfg, spec)
+    out = split_features(ctx, ds, split="train", spec=spec, transform_cfg=tcfg, recipe=ctx.recipe)
+    with torch.no_grad():
+        tokens = ctx.checkpoint.backbone.tokens(ds[0][0][None])  # 32 px: a 2x2 grid of a 14x14-window BEiT
+    np.testing.assert_allclose(out.features[0], tokens.patches.mean(1)[0].numpy(), atol=1e-5)
+    assert out.features.shape == (len(ds), 192)

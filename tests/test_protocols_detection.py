@@ -16,6 +16,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ssl_bench.backbones import Backbone
+from ssl_bench.errors import UserError
 from ssl_bench.data.coco import CocoDetection
 from ssl_bench.protocols._dense.coco_eval import coco_evaluate, lvis_evaluate, to_results
 from ssl_bench.protocols._dense.maskrcnn import SimpleFeaturePyramid, ViTDetNet, window_partition, window_unpartition
@@ -290,3 +291,26 @@ def test_auto_backbone_follows_the_recipe_for_convnets_and_is_vitdet_for_vits(co
     for arch, expected in (("resnet18", body), ("vit_tiny_patch16_224", "ViTDetBackbone")):
         model, _ = build_maskrcnn(Backbone(arch, 64, 16), 3, recipe["model"], test_settings(recipe, "coco"))
         assert type(model.backbone).__name__ == expected
+
+
+def test_vitdet_runs_a_beit_with_global_attention_only():
+    """A BEiT's relative position bias has no windowed form in ViTDet: window_size 0 runs every
+    block globally on the patch tokens (no CLS), with the bias read for the token grid."""
+    torch.manual_seed(0)
+    backbone = Backbone("beit_tiny_patch16_224", img_size=64).eval()
+    with torch.no_grad():
+        for block in backbone.model.blocks:
+            block.attn.relative_position_bias_table.normal_()
+    with pytest.raises(UserError, match="window_size=0"):
+        ViTDetNet(backbone, window_size=4, global_blocks=[11])
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        got = ViTDetNet(backbone, window_size=0, global_blocks=[])(images)
+        x = backbone.embed_patches(images).reshape(1, 16, -1)
+        for block in backbone.model.blocks:  # timm's own block with the grid's bias minus its CLS row/column
+            bias = block.attn._get_rel_pos_bias()[:, :, 1:, 1:]
+            table = block.attn.relative_position_bias_table
+            block.attn.relative_position_bias_table = None
+            x = block(x, shared_rel_pos_bias=bias)
+            block.attn.relative_position_bias_table = table
+    assert torch.allclose(got, x.transpose(1, 2).reshape(1, -1, 4, 4), atol=1e-5)

@@ -129,3 +129,22 @@ def test_validation_hits_of_two_ranks_come_back_in_dataset_order(tmp_path):
     top5 = np.argsort(-logits, axis=1)[:, :5]
     expected = np.stack([logits.argmax(1) == labels, (top5 == labels[:, None]).any(1)], axis=1)
     np.testing.assert_array_equal(torch.load(out).numpy(), expected)
+
+
+def test_beit_checkpoint_becomes_a_timm_beit_classifier():
+    """BEiT fine-tuning (run_class_finetuning.py): mean pooling + fc_norm, the encoder's relative
+    position tables and layer scale loaded block by block."""
+    ckpt = load_spec("random:beit_tiny_patch16_224")
+    recipe = load_defaults("protocols/finetune")
+    model, _ = classifier_from_checkpoint(ckpt, 4, recipe, final_norm=True)
+    enc = ckpt.backbone.model
+    torch.testing.assert_close(model.blocks[7].attn.relative_position_bias_table,
+                               enc.blocks[7].attn.relative_position_bias_table)
+    torch.testing.assert_close(model.blocks[7].gamma_1, enc.blocks[7].gamma_1)
+    assert isinstance(model.norm, torch.nn.Identity) and isinstance(model.fc_norm, torch.nn.LayerNorm)
+    x = torch.randn(2, 3, 224, 224)
+    model.eval()  # no stochastic depth
+    with torch.no_grad():
+        pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+        tokens = ckpt.backbone.tokens(x).prenorm  # the same blocks, before any norm
+    torch.testing.assert_close(pooled, model.fc_norm(tokens[:, 1:].mean(1)), atol=1e-5, rtol=1e-5)

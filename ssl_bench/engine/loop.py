@@ -110,7 +110,7 @@ def _train(recipe: dict, run: Path, device: torch.device, world: int, rank: int)
     model = method
     if world > 1:
         if device.type == "cuda" and getattr(method, "sync_batchnorm", False):
-            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)  # in place for nested modules
+            method = sync_batchnorm(method)
         model = nn.parallel.DistributedDataParallel(method, device_ids=[device] if device.type == "cuda" else None)
     method.train()
     train_step = TrainStep(method, optimizer, sched, recipe, device, model)
@@ -124,7 +124,9 @@ def _train(recipe: dict, run: Path, device: torch.device, world: int, rank: int)
     log_path = run / LOG_FILE
     start_time = time.perf_counter()
     try:
-        while step < total:
+        budget = float(recipe["max_train_seconds"])
+        out_of_time = False
+        while step < total and not out_of_time:
             epoch, first = divmod(step, order.ipe)
             loader = epoch_loader(dataset, order, epoch, first, recipe, device)
             tick = time.perf_counter()
@@ -168,7 +170,15 @@ def _train(recipe: dict, run: Path, device: torch.device, world: int, rank: int)
                     log(f"paused after step {step} (SSL_BENCH_PAUSE_AT_STEP): waiting for a signal")
                     while True:
                         signal.pause()
-                if step >= total:
+                if budget > 0:
+                    flag = torch.tensor([float(time.perf_counter() - start_time >= budget)], device=device)
+                    if world > 1:
+                        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank stops at the same step
+                    out_of_time = bool(flag.item())
+                if out_of_time and step < total:
+                    log(f"{run}: max_train_seconds {budget:g} reached at step {step}/{total}")
+                    _save(run, method, optimizer, step, epoch, recipe, world, main)
+                if step >= total or out_of_time:
                     break
     finally:
         if bar is not None:
@@ -181,6 +191,12 @@ def _train(recipe: dict, run: Path, device: torch.device, world: int, rank: int)
     if world > 1:
         dist.barrier()
     return sidecar
+
+
+def sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Every BatchNorm of ``module`` as SyncBatchNorm (batch statistics over all ranks; in place
+    for nested modules). Methods opt in with ``sync_batchnorm = True``; NCCL only."""
+    return nn.SyncBatchNorm.convert_sync_batchnorm(module)
 
 
 def _save(run, method, optimizer, step, epoch, recipe, world, main) -> None:

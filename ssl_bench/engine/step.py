@@ -35,7 +35,7 @@ class Schedules:
     def lr(self, step: int) -> float:
         o = self.optim
         return warmup_cosine(step + o["step_offset"], base=o["lr"], final=o["min_lr"], start=o["start_lr"],
-                             warmup_steps=self.warmup, total_steps=self.horizon)
+                             warmup_steps=self.warmup, total_steps=self.horizon, endpoint=o["warmup_endpoint"])
 
     def weight_decay(self, step: int) -> float:
         o = self.optim

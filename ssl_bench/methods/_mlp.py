@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from timm.layers import DropPath
 from torch import nn
 
 
@@ -37,3 +38,15 @@ def trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:
             nn.init.trunc_normal_(m.weight, std=std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def without_drop_path(module: nn.Module) -> nn.Module:
+    """``module`` with every stochastic-depth layer (timm ``DropPath``) replaced by an identity, in
+    place: the momentum teachers of DINO-lineage methods and SiameseIM's target are built with
+    drop_path_rate 0 while their student uses it (models_sim.py ``build_momentum_target``)."""
+    for name, child in module.named_children():
+        if isinstance(child, DropPath):
+            setattr(module, name, nn.Identity())
+        else:
+            without_drop_path(child)
+    return module

@@ -7,11 +7,16 @@ mask token); the strong one (+ colour jitter, grayscale, blur, solarisation) is 
 full by the momentum teacher. Every token goes through a 3-layer BN projector; the loss is a
 per-image patch-level InfoNCE: each masked student token against all teacher tokens of
 the same image, the same position being the positive (temperature 0.1).
+
+Backbone: the official one is BEiT-style (timm ``beit_*``: shared relative position bias, layer
+scale, no absolute position embedding); any timm ViT works too. Initialisation
+``conmim.init: beit`` is the official ``modeling_pretrain.py`` one for either.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +52,33 @@ def conmim_loss(student: Tensor, teacher: Tensor, mask: Tensor, temperature: flo
     raise ValueError(f"conmim.dictionary must be 'image' or 'batch', got {dictionary!r}")
 
 
+@torch.no_grad()
+def beit_init(backbone: Backbone, projector: nn.Module, std: float = 0.02) -> None:
+    """modeling_pretrain.py ``VisionTransformerForMaskedImageModeling``: its ``trunc_normal_``
+    cuts at +-std (``a=-std, b=std``); cls_token, mask_token and pos_embed drawn so; then
+    ``_init_weights`` on every module (the projector included): Linear and Conv2d weights the
+    same, biases 0, LayerNorm weight 1 / bias 0; then ``fix_init_weight``: block l's (1-based)
+    ``attn.proj`` and ``mlp.fc2`` weights divided by sqrt(2 l)."""
+    def trunc(t: Tensor) -> None:
+        nn.init.trunc_normal_(t, std=std, a=-std, b=std)
+
+    model = backbone.model
+    for tensor in (model.cls_token, backbone.mask_token, model.pos_embed):
+        if tensor is not None:
+            trunc(tensor)
+    for module in [*model.modules(), *projector.modules()]:
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            trunc(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    for layer, block in enumerate(model.blocks, start=1):
+        block.attn.proj.weight.div_(math.sqrt(2.0 * layer))
+        block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer))
+
+
 class ConMIMTransform:
     """PIL image -> {weak (3,S,S), strong (3,S,S), mask (h,w) bool, geometry (5,)}."""
 
@@ -76,14 +108,20 @@ class ConMIM(Method):
     def __init__(self, recipe: dict):
         super().__init__(recipe)
         c, bb = self.cfg, recipe["backbone"]
+        shared = c["shared_rel_pos_bias"] and bb["arch"].startswith("beit")
         self.backbone = Backbone(bb["arch"], bb["img_size"], bb["patch_size"], mask_token=True,
-                                 drop_path_rate=bb["drop_path_rate"])
+                                 drop_path_rate=bb["drop_path_rate"], shared_rel_pos_bias=shared)
         if not self.backbone.is_vit:
             raise ValueError("ConMIM needs a ViT backbone (mask token)")
         self.projector = mlp(self.backbone.embed_dim, c["proj_hidden_dim"], c["proj_output_dim"],
                              c["proj_layers"], bias=False, norm="bn", act="relu", last_norm="bn",
                              last_affine=False)
-        trunc_normal_init(self.projector)
+        if c["init"] == "beit":
+            beit_init(self.backbone, self.projector, c["init_std"])
+        elif c["init"] == "timm":  # timm's backbone init; the projector truncated at +-2 (not +-std)
+            trunc_normal_init(self.projector, c["init_std"])
+        else:
+            raise ValueError(f"conmim.init must be 'beit' or 'timm', got {c['init']!r}")
         self.teacher_backbone = self.freeze(copy.deepcopy(self.backbone))
         self.teacher_projector = self.freeze(copy.deepcopy(self.projector))
 

@@ -9,16 +9,20 @@ pixel space (patch-aligned blocks filled with Gaussian noise, or, for a fraction
 with the pixels of another image of the batch); the EMA teacher sees the clean global views
 and the local crops. Three independent 3-layer MLP heads on the student tokens:
 
-* ``L_REC`` (Eq. 1): h_REC(patch token) -> the patch's pixels; mean absolute error over the
-  masked pixels of the clean view;
+* ``L_REC`` (Eq. 1): h_REC(patch token) -> the patch's pixels; absolute error on the masked
+  pixels of the clean view, divided by all P pixels (``(1/P) sum_p M_p |x_p - x^_p|``; recipe
+  ``rec_normalise: masked_pixels`` divides by the masked ones, as SiT / MAE);
 * ``L_PAT`` (Eq. 2): per-patch InfoNCE between h_PAT(student patch p) and the teacher's
   h_PAT(clean patch p) of the same view (positive) against the teacher patches of the
-  OTHER images (negatives), temperature tau;
+  OTHER images (negatives: this rank's batch, or every rank's with ``pat_negatives_from:
+  all_ranks``, as L_CLS does), temperature tau;
 * ``L_CLS`` (Eq. 3): InfoNCE between h_CLS(student CLS of masked view i) and the teacher's
   h_CLS(CLS) of the other global view and of every local crop (keys from the batch, MoCo
   style), temperature tau = 0.2.
 
-``L = w_rec L_REC + w_cls L_CLS + w_pat L_PAT`` (Eq. 4: all weights 1).
+``L = w_rec L_REC + w_cls L_CLS + w_pat L_PAT`` (Eq. 4: all weights 1). The teacher is the EMA
+of the student without its stochastic depth (DINO / iBOT teachers are built with
+drop_path_rate 0), so two teacher passes on one input agree.
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..backbones import Backbone
+from ..distributed import rank_and_world
 from . import METHODS, Method
-from ._mlp import mlp, trunc_normal_init
-from ._siamese import moco_info_nce
+from ._mlp import mlp, trunc_normal_init, without_drop_path
+from ._siamese import gather_no_grad, moco_info_nce
 from ._views import colour_distortion, crop_view, load_rgb, to_tensor
 
 
@@ -61,38 +66,52 @@ def patchify(images: Tensor, patch: int) -> Tensor:
 
 
 # ----- losses -----------------------------------------------------------------------------------
-def reconstruction_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """L_REC: mean absolute error over the masked patches' pixels.
+def reconstruction_loss(pred: Tensor, target: Tensor, mask: Tensor, normalise: str = "all_pixels") -> Tensor:
+    """L_REC: absolute error of the masked patches' pixels.
 
-    pred, target: (B, N, P) patch pixels; mask: (B, N) bool (True = masked)."""
+    pred, target: (B, N, P) patch pixels; mask: (B, N) bool (True = masked). ``all_pixels``
+    divides the masked error by every pixel (paper Eq. 1: ``1/P sum_p M_p |x_p - x^_p|``);
+    ``masked_pixels`` by the masked ones only (SiT / MAE)."""
     err = (pred.float() - target.float()).abs().mean(dim=-1)  # per patch
     weight = mask.float()
-    return (err * weight).sum() / weight.sum().clamp_min(1.0)
+    if normalise == "all_pixels":
+        return (err * weight).mean()
+    if normalise == "masked_pixels":
+        return (err * weight).sum() / weight.sum().clamp_min(1.0)
+    raise ValueError(f"mmc.rec_normalise must be 'all_pixels' or 'masked_pixels', got {normalise!r}")
 
 
 def patch_info_nce(queries: Tensor, keys: Tensor, temperature: float, *, negatives: str = "all",
-                   query_mask: Tensor | None = None) -> Tensor:
+                   query_mask: Tensor | None = None, gather: bool = False) -> Tensor:
     """L_PAT (MMC Eq. 2) on (B, N, D) student queries and teacher keys of the same view.
 
     The positive of query (b, p) is key (b, p); negatives are teacher patches of the other
     images: every position (``negatives='all'``) or the same position only
-    (``'same_position'``). Keys of the same image at other positions are excluded. The loss
-    averages over the queries selected by ``query_mask`` (B, N) (default: all patches).
+    (``'same_position'``). Keys of the same image at other positions are excluded. With
+    ``gather`` the keys of every rank's images join as negatives (no gradient; MoCo style).
+    The loss averages over the queries selected by ``query_mask`` (B, N) (default: all patches).
     """
     b, n, _ = queries.shape
     q = F.normalize(queries.float(), dim=-1)
     k = F.normalize(keys.detach().float(), dim=-1)
+    rank = 0
+    if gather:
+        rank, _ = rank_and_world()
+        k = gather_no_grad(k.contiguous())
+    own = torch.arange(b, device=q.device) + rank * b  # this rank's images among the keys
     if negatives == "all":
-        logits = q.reshape(b * n, -1) @ k.reshape(b * n, -1).T / temperature  # (BN, BN)
-        image = torch.arange(b, device=q.device).repeat_interleave(n)
-        same_image = image[:, None] == image[None, :]
-        target = torch.arange(b * n, device=q.device)
-        logits = logits.masked_fill(same_image & (target[:, None] != target[None, :]), float("-inf"))
+        logits = q.reshape(b * n, -1) @ k.reshape(-1, k.shape[-1]).T / temperature  # (BN, B_all N)
+        query_image = own.repeat_interleave(n)
+        key_image = torch.arange(k.shape[0], device=q.device).repeat_interleave(n)
+        target = query_image * n + torch.arange(n, device=q.device).repeat(b)
+        key_index = torch.arange(k.shape[0] * n, device=q.device)
+        same_image = query_image[:, None] == key_image[None, :]
+        logits = logits.masked_fill(same_image & (target[:, None] != key_index[None, :]), float("-inf"))
         losses = F.cross_entropy(logits, target, reduction="none").reshape(b, n)
     elif negatives == "same_position":
-        logits = torch.einsum("bnd,cnd->nbc", q, k) / temperature  # (N, B, B)
-        target = torch.arange(b, device=q.device).expand(n, b)
-        losses = F.cross_entropy(logits.reshape(n * b, b), target.reshape(-1), reduction="none")
+        logits = torch.einsum("bnd,cnd->nbc", q, k) / temperature  # (N, B, B_all)
+        target = own.expand(n, b)
+        losses = F.cross_entropy(logits.reshape(n * b, -1), target.reshape(-1), reduction="none")
         losses = losses.reshape(n, b).T
     else:
         raise ValueError(f"mmc.pat_negatives must be 'all' or 'same_position', got {negatives!r}")
@@ -152,11 +171,12 @@ class MMCTransform:
 
 def replace_from_other_images(masked: Tensor, clean: Tensor, mask: Tensor, replace: Tensor, patch: int) -> Tensor:
     """GMML 'replace' corruption: for images flagged in ``replace`` (B,), the masked patches take
-    the pixels of the next image in the batch (same view, same place)."""
+    the pixels of the next image in the batch (image i from i + 1, the last from the first;
+    same view, same place)."""
     if not bool(replace.any()) or clean.shape[0] < 2:
         return masked
     pixels = mask.repeat_interleave(patch, 1).repeat_interleave(patch, 2)[:, None]  # (B,1,H,W)
-    donor = clean.roll(1, dims=0)
+    donor = clean.roll(-1, dims=0)
     swapped = torch.where(pixels, donor, clean)
     return torch.where(replace[:, None, None, None], swapped, masked)
 
@@ -184,7 +204,7 @@ class MMC(Method):
         self.head_rec = head(p * p * 3)
         self.head_cls = head(c["head_output_dim"])
         self.head_pat = head(c["head_output_dim"])
-        self.teacher_backbone = self.freeze(copy.deepcopy(self.backbone))
+        self.teacher_backbone = self.freeze(without_drop_path(copy.deepcopy(self.backbone)))
         self.teacher_head_cls = self.freeze(copy.deepcopy(self.head_cls))
         self.teacher_head_pat = self.freeze(copy.deepcopy(self.head_pat))
 
@@ -219,10 +239,12 @@ class MMC(Method):
             q_cls.append(self.head_cls(s.cls))
             pred = self._tokens_head(self.head_rec, s.patches)
             with torch.autocast(device_type=x.device.type, enabled=False):
-                l_rec.append(reconstruction_loss(pred.float(), patchify(clean[:, v].float(), p), masks[:, v]))
+                l_rec.append(reconstruction_loss(pred.float(), patchify(clean[:, v].float(), p), masks[:, v],
+                                                 c["rec_normalise"]))
                 q_pat = self._tokens_head(self.head_pat, s.patches)
                 l_pat.append(patch_info_nce(q_pat.float(), t_pat[v], c["temperature"], negatives=c["pat_negatives"],
-                                            query_mask=masks[:, v] if c["pat_queries"] == "masked" else None))
+                                            query_mask=masks[:, v] if c["pat_queries"] == "masked" else None,
+                                            gather=self._gather_pat()))
         pairs = [(i, j) for i in range(views) for j in range(len(t_cls))
                  if j != i or c["cls_same_view"]]
         with torch.autocast(device_type=clean.device.type, enabled=False):
@@ -231,6 +253,12 @@ class MMC(Method):
             loss = c["w_rec"] * rec + c["w_cls"] * l_cls + c["w_pat"] * pat
         return loss, {"l_rec": rec.detach(), "l_cls": l_cls.detach(), "l_pat": pat.detach(),
                       "masked": masks.float().mean()}
+
+    def _gather_pat(self) -> bool:
+        where = self.cfg["pat_negatives_from"]
+        if where not in ("local_batch", "all_ranks"):
+            raise ValueError(f"mmc.pat_negatives_from must be 'local_batch' or 'all_ranks', got {where!r}")
+        return where == "all_ranks"
 
     def ema_pairs(self):
         return [(self.backbone, self.teacher_backbone), (self.head_cls, self.teacher_head_cls),

@@ -18,7 +18,9 @@ Masking pipeline of the paper's Section 4.6, applied per view in the data worker
    view 1 - v).
 
 Losses: SimCLR (projector 2048-2048-256 with BN after every layer, NT-Xent tau 0.2) or BYOL
-(projector 2048-4096-256, predictor 256-4096-256, EMA target, cosine momentum 0.996 -> 1).
+(projector 2048-4096-256, predictor 256-4096-256, EMA target, cosine momentum 0.996 -> 1; the
+two directions summed, BYOL Eq. 2, each averaged over the source renderings). BatchNorm is
+synchronised across GPUs (SimCLR's global BN; BYOL's cross-replica BN).
 Any timm ConvNet works (ResNet-50 by default); the exported checkpoint records the high-pass
 filter so protocols apply it to evaluation inputs (paper Appendix A.2).
 """
@@ -122,6 +124,7 @@ class MSCNTransform:
 @METHODS.register("mscn")
 class MSCN(Method):
     name = "mscn"
+    sync_batchnorm = True  # SimCLR "global BN" (Sec. 2.3, batch statistics over all devices); BYOL cross-replica BN
 
     def __init__(self, recipe: dict):
         super().__init__(recipe)
@@ -166,8 +169,9 @@ class MSCN(Method):
             targets = views[:, :, 0].transpose(0, 1).flatten(0, 1)  # (2*B, ...)
             t = self.target_projector(self.target_backbone.features(targets, "avgpool")).reshape(2, b, -1)
         with torch.autocast(device_type=p.device.type, enabled=False):
+            # BYOL Eq. 2: L + L~ (the two directions summed), each direction averaged over the multimasks
             loss = torch.stack([byol_regression(p[v, m - 1].float(), t[w].float())
-                                for (v, m), (w, _) in pairs]).mean()
+                                for (v, m), (w, _) in pairs]).mean() * 2
         return loss, {"pairs": torch.tensor(float(len(pairs)))}
 
     def ema_pairs(self):

@@ -8,6 +8,10 @@ encoder (EMA of encoder + head) on the unmasked target view. Loss: cross-entropy
 anchor predictions softmax(z.q/tau) and the sharpened (T), Sinkhorn-normalised target
 predictions, minus ME-MAX (entropy of the mean anchor prediction). The exported encoder is
 the target encoder; its evaluation feature is the last block's CLS without the final norm.
+
+As the official ``src/deit.py``: the encoder's weights are initialised by its ``_init_weights``
+(``msn.init: deit``; ``timm`` keeps timm's), and the position embedding of the smaller focal
+views is resampled bicubically without antialiasing (``interpolate_pos_encoding``).
 """
 
 from __future__ import annotations
@@ -41,6 +45,28 @@ class AllReduceMean(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         return grad
+
+
+@torch.no_grad()
+def deit_init(vit: nn.Module) -> None:
+    """msn src/deit.py ``VisionTransformer``: Linear weights truncated normal (std 0.02, cut at
+    +-2), biases 0; LayerNorm weight 1, bias 0; Conv2d (patch projection, conv stem) Kaiming
+    normal (fan_in, ReLU gain: std sqrt(2 / fan_in)), bias 0; pos_embed and cls_token truncated
+    normal (std 0.02)."""
+    for m in vit.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    nn.init.trunc_normal_(vit.pos_embed, std=0.02)
+    nn.init.trunc_normal_(vit.cls_token, std=0.02)
 
 
 @torch.no_grad()
@@ -140,9 +166,13 @@ class MSN(Method):
         super().__init__(recipe)
         c, bb = self.cfg, recipe["backbone"]
         self.backbone = Backbone(bb["arch"], c["rand_size"], bb["patch_size"],
-                                 drop_path_rate=bb["drop_path_rate"])
+                                 drop_path_rate=bb["drop_path_rate"], pos_antialias=c["pos_antialias"])
         if not self.backbone.is_vit:
             raise ValueError("MSN needs a ViT backbone (patch drop)")
+        if c["init"] == "deit":
+            deit_init(self.backbone.model)
+        elif c["init"] != "timm":
+            raise ValueError(f"msn.init must be 'deit' or 'timm', got {c['init']!r}")
         self.head = mlp(self.backbone.embed_dim, c["hidden_dim"], c["output_dim"], 3,
                         norm="bn" if c["use_bn"] else None, act="gelu")
         trunc_normal_init(self.head)

@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from ..backbones import Backbone
 from ..distributed import is_distributed
 from . import METHODS, Method
+from ._mlp import without_drop_path
 from ._masks import blockwise_mask
 from ._views import colour_distortion, crop_view, load_rgb, to_tensor
 
@@ -194,6 +195,7 @@ class SiameseIMTransform:
 @METHODS.register("siameseim")
 class SiameseIM(Method):
     name = "siameseim"
+    sync_batchnorm = True  # main_pretrain.py: convert_sync_batchnorm under distributed training (GPU only)
 
     def __init__(self, recipe: dict):
         super().__init__(recipe)
@@ -214,9 +216,8 @@ class SiameseIM(Method):
         pos = torch.cat([torch.zeros(vit.num_prefix_tokens, dim), grid_sincos(self.grid, dim)])
         vit.pos_embed.data.copy_(pos.unsqueeze(0))
         vit.pos_embed.requires_grad_(False)
-        if not c["train_patch_embed"]:
-            vit.patch_embed.proj.weight.requires_grad_(False)
-            vit.patch_embed.proj.bias.requires_grad_(False)
+        if not c["train_patch_embed"]:  # the whole patch embedding (projection, or conv stem + projection)
+            vit.patch_embed.requires_grad_(False)
         self.decoder_embed = nn.Linear(dim, dd)
         self.projector = blocks(c["projector_depth"], dd, c["decoder_heads"], c["mlp_ratio"], c["projector_norm"])
         self.predictor = blocks(c["predictor_depth"], dd, c["decoder_heads"], c["mlp_ratio"], c["predictor_norm"])
@@ -226,7 +227,8 @@ class SiameseIM(Method):
         for module in (self.decoder_embed, self.projector, self.predictor, self.decoder_pos_mlp, self.decoder_pred):
             mae_init(module)
         nn.init.normal_(self.mask_token, std=0.02)
-        self.target_backbone = self.freeze(copy.deepcopy(self.backbone))
+        # models_sim.py build_momentum_target: mm_blocks are built without drop path
+        self.target_backbone = self.freeze(without_drop_path(copy.deepcopy(self.backbone)))
         self.target_decoder_embed = self.freeze(copy.deepcopy(self.decoder_embed))
         self.target_projector = self.freeze(copy.deepcopy(self.projector))
 
