@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 PROTOCOL_DEFAULTS = sorted((p.stem for p in (REPO / "ssl_bench/defaults/protocols").glob("*.yaml")),
                            key=len, reverse=True)
 RECIPES = sorted(p for folder in ("pretrain", "protocols") for p in (REPO / folder).glob("*.yaml")
-                 if p.name != "demo.yaml")
+                 if p.name not in ("demo.yaml", "demo_reference.yaml"))  # the demo's indexes, not recipes
 
 
 def defaults_of(path: Path) -> dict:
