@@ -422,7 +422,7 @@ def test_cli_reads_the_committed_demo_leaderboard_when_there_is_no_results_folde
     assert main(["leaderboard", "--format", "md", "--bootstrap", "0"]) == 0
     out = capsys.readouterr()
     assert "reading the committed demo leaderboard leaderboards/embedded.csv" in out.err
-    assert "msn vit_tiny_patch16_224 (msn_tiny)" in out.out and "Measured: read from the leaderboard" in out.out
+    assert "msn vit_tiny_convstem_patch16_224 (msn_tiny)" in out.out and "Measured: read from the leaderboard" in out.out
     (tmp_path / "leaderboards" / "embedded.csv").unlink()
     assert main(["leaderboard"]) == 2
     assert "--results results: no such folder" in capsys.readouterr().err
