@@ -260,6 +260,16 @@ def _check_segmentation(where: str, segm, h: int | None, w: int | None, problems
     problems.append(f"{where}: expected polygons (list) or RLE (object), got {type(segm).__name__}")
 
 
+def _has_new_id(entry, where: str, seen, kind: str, problems: list[str]) -> bool:
+    """Whether ``entry`` is an object with an integer id; a repeated id is a problem but still counts."""
+    if not isinstance(entry, dict) or not _is_int(entry.get("id")):
+        problems.append(f"{where}.id: missing or not an integer")
+        return False
+    if entry["id"] in seen:
+        problems.append(f"{where}.id: duplicate {kind} id {entry['id']}")
+    return True
+
+
 def check_instances_json(path: Path, image_root: Path, problems: list[str], *, lvis: bool = False,
                          check_files: bool = True) -> dict | None:
     """Validate one COCO (or LVIS) JSON and the image files it names; appends problems, returns the data."""
@@ -281,11 +291,8 @@ def check_instances_json(path: Path, image_root: Path, problems: list[str], *, l
     cats: set = set()
     for i, c in enumerate(data["categories"]):
         where = f"{path}: categories[{i}]"
-        if not isinstance(c, dict) or not _is_int(c.get("id")):
-            problems.append(f"{where}.id: missing or not an integer")
+        if not _has_new_id(c, where, cats, "category", problems):
             continue
-        if c["id"] in cats:
-            problems.append(f"{where}.id: duplicate category id {c['id']}")
         cats.add(c["id"])
         if not isinstance(c.get("name"), str):
             problems.append(f"{where}.name: missing or not a string")
@@ -295,11 +302,8 @@ def check_instances_json(path: Path, image_root: Path, problems: list[str], *, l
     images: dict = {}
     for i, img in enumerate(data["images"]):
         where = f"{path}: images[{i}]"
-        if not isinstance(img, dict) or not _is_int(img.get("id")):
-            problems.append(f"{where}.id: missing or not an integer")
+        if not _has_new_id(img, where, images, "image", problems):
             continue
-        if img["id"] in images:
-            problems.append(f"{where}.id: duplicate image id {img['id']}")
         h, w = img.get("height"), img.get("width")
         if not (_is_int(h) and _is_int(w) and h > 0 and w > 0):
             problems.append(f"{where}: height and width must be positive integers, got {h!r} x {w!r}")
@@ -388,29 +392,26 @@ def check_instances_json(path: Path, image_root: Path, problems: list[str], *, l
 
 def check_coco(root: Path) -> list[str]:
     root = Path(root)
-    problems: list[str] = []
     splits = coco_splits(root)
     if not splits:
         return [f"{root / 'annotations'}: no instances_<split>.json (expected e.g. "
                 f"annotations/instances_val2017.json)"]
-    for split, (ann, images) in splits.items():
+    problems: list[str] = []
+    for ann, images in splits.values():
         if not images.is_dir():
             problems.append(f"{images}: missing (images of {ann.name})")
-            check_instances_json(ann, images, problems, check_files=False)
-        else:
-            check_instances_json(ann, images, problems)
+        check_instances_json(ann, images, problems, check_files=images.is_dir())
     return problems
 
 
 def check_lvis(root: Path) -> list[str]:
     root = Path(root)
-    problems: list[str] = []
     splits = lvis_splits(root)
     if not splits:
         return [f"{root}: no lvis_v1_<split>.json (expected e.g. {root / 'lvis_v1_val.json'})"]
+    problems: list[str] = []
     try:
-        image_root = lvis_image_root(root)
-        check_files = True
+        image_root, check_files = lvis_image_root(root), True
     except UserError as e:
         problems.append(str(e))
         image_root, check_files = root, False
