@@ -21,8 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..data import ImageFolderDataset, resolve
 from ..errors import UserError
-from ..progress import log
+from ..evaluate import Evaluation, recipe_files, resolve_protocol_recipe
+from ..progress import log, set_quiet
+from ..protocols import EvalContext
+from ..protocols._common import open_classification
+from ..protocols._features import eval_transform, feature_spec, split_features
 from . import require_images
 
 DESCRIPTION = "several protocols in one eval process vs one feature extraction (fresh processes, cold cache)"
@@ -46,11 +51,6 @@ def extract_once(protocol: str, recipe: Path | None, checkpoint: str, data: Path
                  device: str) -> int:
     """The baseline: load the checkpoint and extract the train and val features of ``protocol``'s
     evaluation transform once, as its evaluation would. Returns the number of training images."""
-    from ..evaluate import Evaluation, resolve_protocol_recipe
-    from ..protocols import EvalContext
-    from ..protocols._common import open_classification
-    from ..protocols._features import eval_transform, feature_spec, split_features
-
     resolved = resolve_protocol_recipe(protocol, recipe)
     session = Evaluation(checkpoint, data, results_dir=results, device=device)
     ctx = EvalContext(session.checkpoint, session.data, resolved, session.results_dir, session.device)
@@ -73,9 +73,6 @@ def _timed(argv: list[str]) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import ImageFolderDataset, resolve
-    from ..evaluate import recipe_files, resolve_protocol_recipe
-
     protocols = [p for p in args.protocols.split(",") if p]
     recipes = recipe_files(protocols, args.recipe_for)
     for protocol, recipe in recipes.items():  # a bad name or recipe fails before any timing
@@ -110,7 +107,5 @@ def run(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":  # the baseline's fresh process: PROTOCOL RECIPE|'' CHECKPOINT DATA RESULTS DEVICE
     protocol, recipe, checkpoint, data, results, device = sys.argv[1:7]
-    from ..progress import set_quiet
-
     set_quiet(True)
     extract_once(protocol, Path(recipe) if recipe else None, checkpoint, Path(data), Path(results), device)
