@@ -76,43 +76,65 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 # ----- eval ----------------------------------------------------------------------------------------
 def _eval_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
-    p.add_argument("--protocol", required=True, help="protocol name, e.g. knn")
+    p.add_argument("--protocol", required=True, metavar="P[,P...]",
+                   help="protocol name, e.g. knn, or several, e.g. knn,linear,lowshot: one process loads the "
+                        "checkpoint once and extracts each (split, transform) once for all of them")
     p.add_argument("--checkpoint", required=True, metavar="SPEC", help=CHECKPOINT_HELP)
     p.add_argument("--data", type=Path, required=True, help="dataset root or embedded data tree")
-    p.add_argument("--recipe", type=Path, help="protocol recipe YAML (default: package defaults)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    p.add_argument("--recipe", type=Path, help="protocol recipe YAML, one protocol only (default: package defaults)")
+    p.add_argument("--recipe-for", action="append", default=[], metavar="P=FILE",
+                   help="the recipe of protocol P (repeatable; default: package defaults)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=SET_HELP + "; applies to every protocol named")
     p.add_argument("--results", type=Path, default=Path("results"), help="results store folder")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object last")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object per protocol, last")
     add_launcher_arguments(p)
 
 
+def _eval_recipes(args: argparse.Namespace) -> dict[str, Path | None]:
+    from .evaluate import recipe_files
+
+    protocols = [name for name in args.protocol.split(",") if name]
+    if not protocols or len(set(protocols)) != len(protocols):
+        raise UserError(f"--protocol {args.protocol}: expected distinct protocol names separated by commas")
+    recipes = recipe_files(protocols, args.recipe_for)
+    if args.recipe is not None:
+        if len(protocols) > 1:
+            raise UserError("--recipe: one recipe for several protocols is ambiguous; give --recipe-for P=FILE "
+                            "for each")
+        recipes[protocols[0]] = args.recipe
+    return recipes
+
+
 def _eval(args: argparse.Namespace) -> int:
+    recipes = _eval_recipes(args)
     if args.launcher != "local":
         from .evaluate import resolve_protocol_recipe
         from .jobs import EvalJob  # imports submitit
 
-        resolve_protocol_recipe(args.protocol, args.recipe, args.set)  # fails here, not after the queue
-        job = EvalJob(args.protocol, args.checkpoint, args.data, args.recipe, args.set, args.results,
-                      args.device)
+        for protocol, recipe in recipes.items():  # a bad recipe fails here, not after the queue
+            resolve_protocol_recipe(protocol, recipe, args.set)
+        job = EvalJob(recipes, args.checkpoint, args.data, args.set, args.results, args.device)
         return launch(job, LaunchOptions.from_args(args), args.results / "jobs",
-                      f"ssl-bench-eval-{args.protocol}", lambda result: _print_evaluation(args, *result))
-    from .evaluate import evaluate
+                      f"ssl-bench-eval-{'-'.join(recipes)}", lambda result: _print_evaluations(args, result))
+    from .evaluate import evaluate_many
 
-    records, path = evaluate(args.protocol, args.checkpoint, args.data, recipe=args.recipe,
-                             sets=args.set, results_dir=args.results, device=args.device)
-    _print_evaluation(args, records, path)
+    _print_evaluations(args, evaluate_many(recipes, args.checkpoint, args.data, sets=args.set,
+                                           results_dir=args.results, device=args.device))
     return 0
 
 
-def _print_evaluation(args: argparse.Namespace, records: list[dict], path) -> None:
-    for record in records:
-        print(f"{args.protocol}\t{record['dataset']}\t{record['metric']}\t{record['value']:.4f}")
-    print(f"stored: {path}", file=sys.stderr)
+def _print_evaluations(args: argparse.Namespace, results: dict[str, tuple[list[dict], Path | None]]) -> None:
+    for protocol, (records, path) in results.items():
+        for record in records:
+            print(f"{protocol}\t{record['dataset']}\t{record['metric']}\t{record['value']:.4f}")
+        print(f"stored: {path}", file=sys.stderr)
     if args.json:
-        metrics = {f"{r['dataset']}/{r['metric']}": r["value"] for r in records}
-        print(json.dumps({"protocol": args.protocol, "checkpoint": args.checkpoint,
-                          "results_file": str(path), "metrics": metrics}))
+        for protocol, (records, path) in results.items():
+            metrics = {f"{r['dataset']}/{r['metric']}": r["value"] for r in records}
+            print(json.dumps({"protocol": protocol, "checkpoint": args.checkpoint,
+                              "results_file": str(path), "metrics": metrics}))
 
 
 # ----- sweep ---------------------------------------------------------------------------------------
@@ -354,7 +376,7 @@ def _bench_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
 
 COMMANDS = {c.name: c for c in (
     Command("pretrain", "pretrain a method from a recipe and write checkpoints", _pretrain_arguments, _pretrain),
-    Command("eval", "evaluate a checkpoint with one protocol", _eval_arguments, _eval),
+    Command("eval", "evaluate a checkpoint with one or more protocols (one process)", _eval_arguments, _eval),
     Command("sweep", "evaluate every checkpoint with every protocol, one job per pair (local processes or a "
             "Slurm job array), then the leaderboard", _sweep_arguments, _sweep),
     Command("leaderboard", "comparison tables and figures from the results store", _leaderboard_arguments,

@@ -34,7 +34,7 @@ from .checkpoints import read_metadata, weights_sha256
 from .data.embedded import prepare_if_needed
 from .engine import pretrain
 from .errors import NotApplicable, UserError
-from .evaluate import evaluate, resolve_protocol_recipe
+from .evaluate import Evaluation, resolve_protocol_recipe
 from .imports.command import import_checkpoint
 from .leaderboard import write_leaderboard
 from .methods import METHODS
@@ -218,17 +218,26 @@ class Demo:
         # protocol by protocol (cheapest first in demo.yaml), so the k-NN column of every
         # checkpoint comes early; the Markdown/CSV table on disk grows a column at a time,
         # rewritten after a protocol that added results; the page and plots (tens of seconds
-        # to draw) once at the end
+        # to draw) once at the end. Each checkpoint is loaded once, and its protocols share the
+        # features they extract (one ``Evaluation`` per checkpoint).
+        sessions: dict[str, Evaluation] = {}
+
+        def session(spec: str) -> Evaluation:
+            if spec not in sessions:
+                sessions[spec] = Evaluation(spec, lay.data, results_dir=lay.results)
+            return sessions[spec]
+
         for index, (protocol, runs) in enumerate(evaluations.items()):
             fresh = False
             for spec, recipe in runs:
 
                 def evaluate_once(spec=spec, protocol=protocol, recipe=recipe):
-                    key = evaluation_key(sha256(spec), protocol, resolve_protocol_recipe(protocol, recipe))
+                    resolved = resolve_protocol_recipe(protocol, recipe)
+                    key = evaluation_key(sha256(spec), protocol, resolved)
                     if key in stored:
                         log("  already in the results store: skipped")
                         return "stored"
-                    outcome = evaluate(protocol, spec, lay.data, recipe=recipe, results_dir=lay.results)
+                    outcome = session(spec).run(protocol, resolved)
                     stored.add(key)
                     return outcome
 

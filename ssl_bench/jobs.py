@@ -20,7 +20,7 @@ from pathlib import Path
 from submitit.helpers import Checkpointable, TorchDistributedEnvironment
 
 from .engine import pretrain
-from .evaluate import evaluate
+from .evaluate import evaluate_many
 
 
 def export_distributed_environment() -> None:
@@ -46,20 +46,20 @@ class PretrainJob(Checkpointable):
 
 @dataclass
 class EvalJob(Checkpointable):
-    """``ssl-bench eval`` of one checkpoint with one protocol (the sweep's unit of work)."""
+    """``ssl-bench eval`` of one checkpoint with one or more protocols, in one process (the
+    sweep's unit of work); ``recipes`` maps each protocol to its recipe file (None: defaults)."""
 
-    protocol: str
+    recipes: dict[str, Path | None]
     spec: str  # the checkpoint (``checkpoint`` is submitit's requeue hook)
     data: Path
-    recipe: Path | None = None
     sets: list[str] = field(default_factory=list)
     results_dir: Path = Path("results")
     device: str = "auto"
 
-    def __call__(self) -> tuple[list[dict], Path | None]:
+    def __call__(self) -> dict[str, tuple[list[dict], Path | None]]:
         export_distributed_environment()
-        return evaluate(self.protocol, self.spec, self.data, recipe=self.recipe, sets=self.sets,
-                        results_dir=self.results_dir, device=self.device)
+        return evaluate_many(self.recipes, self.spec, self.data, sets=self.sets, results_dir=self.results_dir,
+                             device=self.device)
 
     def __str__(self) -> str:
-        return f"{self.protocol} on {self.spec}"
+        return f"{','.join(self.recipes)} on {self.spec}"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .checkpoints import load_spec
 from .errors import NotApplicable, UserError
-from .evaluate import resolve_protocol_recipe
+from .evaluate import recipe_files, resolve_protocol_recipe
 from .jobs import EvalJob
 from .launch import LaunchOptions, outcome, run_jobs
 from .leaderboard import build_table
@@ -23,27 +23,13 @@ from .results import evaluation_key, load_results, stored_keys
 NOT_APPLICABLE = f"{NotApplicable.__module__}.{NotApplicable.__qualname__}:"  # its traceback line
 
 
-def recipe_files(protocols: list[str], items: list[str]) -> dict[str, Path | None]:
-    """``--recipe-for P=FILE`` items as {protocol: recipe file or None}, in ``protocols`` order."""
-    recipes: dict[str, Path | None] = dict.fromkeys(protocols)
-    for item in items:
-        name, sep, file = item.partition("=")
-        if not sep or name not in recipes:
-            raise UserError(f"--recipe-for {item}: expected P=FILE with P one of --protocols "
-                            f"({', '.join(protocols)})")
-        if not Path(file).is_file():
-            raise UserError(f"--recipe-for {item}: no such file {file}")
-        recipes[name] = Path(file)
-    return recipes
-
-
 def plan(checkpoints: list[str], recipes: dict[str, Path | None], data: Path, results_dir: Path,
          device: str) -> tuple[list[EvalJob], dict[str, str]]:
     """The jobs still to run (pairs not in the store) and each checkpoint's hash."""
     resolved = {protocol: resolve_protocol_recipe(protocol, recipe) for protocol, recipe in recipes.items()}
     hashes = {spec: load_spec(spec).sha256 for spec in dict.fromkeys(checkpoints)}
     stored = stored_keys(results_dir)
-    jobs = [EvalJob(protocol, spec, data, recipe, results_dir=results_dir, device=device)
+    jobs = [EvalJob({protocol: recipe}, spec, data, results_dir=results_dir, device=device)
             for spec in hashes for protocol, recipe in recipes.items()
             if evaluation_key(hashes[spec], protocol, resolved[protocol]) not in stored]
     return jobs, hashes

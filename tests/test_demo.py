@@ -38,14 +38,14 @@ def project(tmp_path, monkeypatch):
         return save_checkpoint(out / "checkpoint", Backbone("vit_tiny_patch16_224", 32, 16),
                                {"method": "msn", "encoder": "target"})
 
-    real_evaluate = evaluate_module.evaluate
+    real_run = evaluate_module.Evaluation.run
 
-    def counting_evaluate(*args, **kwargs):
+    def counting_run(*args, **kwargs):
         calls["evaluate"] += 1
-        return real_evaluate(*args, **kwargs)
+        return real_run(*args, **kwargs)
 
     monkeypatch.setattr(demo_module, "pretrain", fake_pretrain)
-    monkeypatch.setattr(demo_module, "evaluate", counting_evaluate)
+    monkeypatch.setattr(evaluate_module.Evaluation, "run", counting_run)
     monkeypatch.setattr(demo_module, "prepare_if_needed",
                         lambda root, profile: root.exists() or make_imagefolder(root))
     layout = DemoLayout(project=tmp_path, data=tmp_path / "data", runs=tmp_path / "runs",

@@ -59,7 +59,7 @@ def test_topk_equals_exhaustive_search(features, backend):
     tr = train / np.linalg.norm(train, axis=1, keepdims=True)
     te = test / np.linalg.norm(test, axis=1, keepdims=True)
     k = 37
-    sims, idx = search_topk(train, test, k, train_chunk=97, query_chunk=31, normalize=True, backend=backend)
+    sims, idx = search_topk(tr, te, k, train_chunk=97, query_chunk=31, backend=backend)
     full = te.astype(np.float64) @ tr.astype(np.float64).T
     want_idx = np.argsort(-full, axis=1, kind="stable")[:, :k]
     np.testing.assert_array_equal(idx, want_idx)

@@ -86,7 +86,7 @@ def test_recipe_for_names_a_swept_protocol_and_an_existing_file(tmp_path):
     (tmp_path / "knn.yaml").write_text("ks: [5]\n")
     assert recipe_files(["knn", "linear"], [f"knn={tmp_path / 'knn.yaml'}"]) == {
         "knn": tmp_path / "knn.yaml", "linear": None}
-    with pytest.raises(UserError, match="one of --protocols"):
+    with pytest.raises(UserError, match="with P one of the protocols"):
         recipe_files(["knn"], [f"linear={tmp_path / 'knn.yaml'}"])
     with pytest.raises(UserError, match="no such file"):
         recipe_files(["knn"], [f"knn={tmp_path / 'missing.yaml'}"])

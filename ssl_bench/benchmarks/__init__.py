@@ -8,6 +8,8 @@ imports a benchmark module only when it is named.
 import importlib
 import pkgutil
 
+from ..errors import UserError
+
 
 def benchmark_names() -> list[str]:
     """Every benchmark, by module name (nothing imported)."""
@@ -16,3 +18,10 @@ def benchmark_names() -> list[str]:
 
 def benchmark_module(name: str):
     return importlib.import_module(f"{__name__}.{name}")
+
+
+def require_images(available: int, needed: int, where, fix: str) -> None:
+    """Refuse to time fewer than ``needed`` items: a figure from too little data is noise, or a
+    division by zero. ``fix``: what to change (the options that set ``needed``)."""
+    if available < needed:
+        raise UserError(f"{where}: {available} images, but this benchmark needs at least {needed}; {fix}")

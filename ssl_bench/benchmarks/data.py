@@ -16,6 +16,7 @@ from ..data.loading import measure_throughput
 from ..data.resolve import dataset_name, resolve
 from ..errors import UserError
 from ..progress import log
+from . import require_images
 from ..protocols._features import eval_transform
 
 DESCRIPTION = "images/s of the classification loader alone, 0 workers vs N workers"
@@ -41,6 +42,10 @@ def run(args) -> int:
     transform = eval_transform({"resize": resize, "crop": args.size, "interpolation": "bicubic",
                                 "mean": stats["mean"], "std": stats["std"]})
     dataset = ImageFolderDataset(root / args.split, transform, draft_size=resize)
+    warmup = 2  # measure_throughput's untimed batches
+    require_images(len(dataset), (warmup + args.batches) * args.batch_size, root / args.split,
+                   f"it fills {warmup} warm-up and --batches {args.batches} timed batches of --batch-size "
+                   f"{args.batch_size}; lower them or give a larger dataset")
     workers = default_workers() if args.workers is None else args.workers
     if workers < 1:
         raise UserError(f"--workers: {workers}; give >= 1 (0 workers is always measured as the baseline)")
@@ -49,7 +54,7 @@ def run(args) -> int:
     results = []
     for w in (0, workers):
         log(f"measuring with {w} worker(s) ...")
-        r = measure_throughput(dataset, batch_size=args.batch_size, workers=w, batches=args.batches)
+        r = measure_throughput(dataset, batch_size=args.batch_size, workers=w, batches=args.batches, warmup=warmup)
         results.append(r)
         print(f"  workers={w}: {r['images_per_s']:.1f} images/s ({r['images']} images in {r['seconds']:.2f} s)")
     ratio = results[1]["images_per_s"] / results[0]["images_per_s"]

@@ -1,12 +1,26 @@
-"""``ssl-bench bench knn``: k-NN search time (faiss vs a chunked torch matmul) and feature
-extraction images/s (our pipeline vs a bare timm forward), measured in the same run.
+"""``ssl-bench bench knn``: k-NN classification time and peak memory, ours against DINO's
+chunked torch search, at several training-set sizes; and feature extraction images/s (our
+pipeline vs a bare timm forward), measured in the same run.
 
-Search: random L2-normalised features, ``--train`` x ``--dim`` (default 100k x 384, ViT-S)
-against ``--queries`` (default 10k); both methods return the top-``--k`` neighbours and the
-benchmark checks they agree. Extraction: our data-loading + backbone path
-(``_features.extract`` over an ImageFolder) vs ``timm`` forward of the same architecture on
-pre-made tensors of the same size, so the ratio is the data pipeline's overhead. Use
-``--data`` for an ImageNet-layout tree (default: synthetic JPEGs written to a temporary folder).
+Search: for each ``--sizes`` N, random features N x ``--dim`` (default 384, ViT-S) with labels
+of ``--classes`` classes, ``--queries`` test features (default 10k), k in ``--ks`` (DINO's 10,
+20, 100, 200). **Ours**: ``protocols.knn.knn_predict`` (training features L2-normalised once,
+one exact faiss search for the largest k serving every k). **DINO**: its ``eval_knn.py``
+algorithm re-written here in torch: features normalised, test features in 100 chunks, each
+multiplied by the whole transposed training matrix, ``topk``, one-hot vote weighted by
+exp(sim / T), run once per k (its ``for k in args.nb_knn`` loop). Both start from the same
+in-memory features; the two alternate per repeat. Peak memory is the rise of the process's
+peak resident set (VmHWM, reset before each run through /proc/self/clear_refs) above the
+resident set at the start of the run: what the search allocates beyond its inputs. The
+budget printed for ours is the normalised training copy plus one query chunk's working set
+(its queries, faiss's BLAS block of similarities, its top-k results, the vote's class scores).
+Both sides run once on a small set first, so one-time library initialisation is not counted.
+DINO's time grows with N x k x classes (hours at 1.28M on two cores): ``--dino-chunks M`` times
+the first M of its 100 equal test chunks and scales by 100/M.
+Extraction: our data-loading + backbone path (``_features.extract`` over an ImageFolder) vs
+``timm`` forward of the same architecture on pre-made tensors of the same size, so the ratio
+is the data pipeline's overhead. ``--data``: an ImageNet-layout tree (default: synthetic JPEGs
+in a temporary folder).
 """
 
 from __future__ import annotations
@@ -25,19 +39,31 @@ from PIL import Image
 from ..backbones import Backbone
 from ..data import ImageFolderDataset, resolve
 from ..errors import UserError
+from ..progress import log
 from ..protocols._features import FeatureSpec, eval_transform, extract
-from ..protocols.knn import l2_normalize, search_topk
+from ..protocols.knn import knn_predict
 
-DESCRIPTION = "k-NN search (faiss vs torch) and feature extraction (pipeline vs bare timm) speed"
+DESCRIPTION = "k-NN time and peak memory (ours vs DINO's chunked torch) and extraction speed"
+
+#: DINO eval_knn.py splits the test features into 100 chunks of equal work
+DINO_CHUNKS = 100
+#: faiss's BLAS block: database rows per similarity block (faiss ``distance_compute_blas_database_bs``)
+FAISS_DATABASE_BLOCK = 1024
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--train", type=int, default=100_000, help="training features (default 100000)")
+    parser.add_argument("--sizes", default="25000,100000,400000",
+                        help="training-set sizes, comma-separated (default 25000,100000,400000; "
+                             "ImageNet: 1280000)")
     parser.add_argument("--queries", type=int, default=10_000, help="query features (default 10000)")
     parser.add_argument("--dim", type=int, default=384, help="feature dimension (default 384, ViT-S)")
-    parser.add_argument("--k", type=int, default=200, help="neighbours (default 200)")
-    parser.add_argument("--chunk", type=int, default=4096, help="query chunk of the torch matmul (default 4096)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats, the median is shown (default 3)")
+    parser.add_argument("--classes", type=int, default=1000, help="classes (default 1000)")
+    parser.add_argument("--ks", default="10,20,100,200", help="k values (default DINO's 10,20,100,200)")
+    parser.add_argument("--query-chunk", type=int, default=1024, help="our query chunk (default 1024)")
+    parser.add_argument("--dino-chunks", type=int, default=DINO_CHUNKS, metavar="M",
+                        help="time DINO on the first M of its 100 equal test chunks and scale its time by "
+                             "100/M (default 100: all; its time grows with N x k x classes)")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats, the median is shown (default 1)")
     parser.add_argument("--arch", default="vit_small_patch16_224", help="backbone for the extraction part")
     parser.add_argument("--size", type=int, default=96, help="image side for extraction (default 96)")
     parser.add_argument("--images", type=int, default=256, help="images for extraction (default 256)")
@@ -57,16 +83,99 @@ def _median_time(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), result
 
 
-def torch_topk(train, queries, k: int, chunk: int):
-    """Exhaustive top-k by chunked matmul in torch (the baseline)."""
-    train_t = torch.from_numpy(train)
-    sims, idx = [], []
-    for s in range(0, len(queries), chunk):
-        out = torch.from_numpy(queries[s:s + chunk]) @ train_t.T
-        top = out.topk(k, dim=1)
-        sims.append(top.values)
-        idx.append(top.indices)
-    return torch.cat(sims).numpy(), torch.cat(idx).numpy()
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise UserError(f"/proc/self/status has no {field}; the k-NN memory figures need Linux")
+
+
+def measured(fn) -> tuple[float, int, object]:
+    """(seconds, bytes the peak resident set rose above the start, result) of ``fn()``."""
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    before = _status_kib("VmRSS")
+    start = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - start
+    return seconds, (_status_kib("VmHWM") - before) * 1024, result
+
+
+def dino_knn(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, k: int, temperature: float,
+             num_classes: int, chunks: int = DINO_CHUNKS) -> torch.Tensor:
+    """DINO eval_knn.py's ``knn_classifier`` (its algorithm, written here): predictions (n, C) sorted,
+    for the test features of the first ``chunks`` of its 100 chunks."""
+    per_chunk = max(1, len(test) // DINO_CHUNKS)
+    train_t = train.t()
+    out = []
+    for start in range(0, min(len(test), chunks * per_chunk), per_chunk):
+        feats = test[start:start + per_chunk]
+        sims, idx = (feats @ train_t).topk(k, largest=True, sorted=True)
+        neighbours = torch.gather(train_labels.view(1, -1).expand(len(feats), -1), 1, idx)
+        one_hot = torch.zeros(len(feats) * k, num_classes).scatter_(1, neighbours.view(-1, 1), 1)
+        weights = sims.div(temperature).exp()
+        probs = (one_hot.view(len(feats), k, num_classes) * weights.view(len(feats), k, 1)).sum(1)
+        out.append(probs.sort(1, True).indices)
+    return torch.cat(out)
+
+
+def _dino_run(train, labels, queries, ks, temperature, num_classes, chunks):
+    train_n = torch.nn.functional.normalize(torch.from_numpy(train), dim=1, p=2)  # eval_knn.py, once
+    test_n = torch.nn.functional.normalize(torch.from_numpy(queries), dim=1, p=2)
+    labels_t = torch.from_numpy(labels)
+    return {k: dino_knn(train_n, labels_t, test_n, k, temperature, num_classes, chunks)[:, :5].numpy() for k in ks}
+
+
+def _bench_search(args) -> None:
+    sizes = [int(n) for n in args.sizes.split(",") if n]
+    ks = [int(k) for k in args.ks.split(",") if k]
+    if not sizes or not ks or min(sizes + ks + [args.queries, args.dim, args.classes, args.query_chunk]) < 1:
+        raise UserError("--sizes/--ks/--queries/--dim/--classes/--query-chunk: positive integers")
+    if min(sizes) < max(ks) or min(sizes) < args.classes:
+        raise UserError(f"--sizes: {min(sizes)} training features are too few for k up to {max(ks)} and "
+                        f"{args.classes} classes; give sizes >= both")
+    temperature = 0.07
+    rng = np.random.default_rng(0)
+    queries = rng.standard_normal((args.queries, args.dim), dtype=np.float32)
+    print(f"k-NN classification: {args.queries} queries x {args.dim}, {args.classes} classes, k = "
+          f"{','.join(map(str, ks))}, T = {temperature}; median of {args.repeats} interleaved repeat(s); CPU, "
+          f"{torch.get_num_threads()} torch threads")
+    if not 1 <= args.dino_chunks <= DINO_CHUNKS:
+        raise UserError(f"--dino-chunks {args.dino_chunks}: must be in 1..{DINO_CHUNKS}")
+    scale = DINO_CHUNKS / args.dino_chunks
+    if scale != 1:
+        print(f"DINO timed on {args.dino_chunks} of its {DINO_CHUNKS} equal test chunks, its time x {scale:g}")
+    # one-time initialisation (BLAS buffers, thread pools) before any measurement, both sides
+    warm = rng.standard_normal((max(ks) + args.classes, args.dim), dtype=np.float32)
+    knn_predict(warm, np.arange(len(warm)) % args.classes, queries[:200], args.classes, ks, temperature)
+    _dino_run(warm, np.arange(len(warm)) % args.classes, queries[:200], ks, temperature, args.classes, 1)
+    print("N\tours s\tDINO s\tratio\tours MB\tDINO MB\tfeatures MB\tbudget MB\tagree")
+    for n in sizes:
+        train = rng.standard_normal((n, args.dim), dtype=np.float32)
+        labels = rng.integers(0, args.classes, n)
+        qc = min(args.query_chunk, args.queries)
+        chunk = (qc * args.dim * 4 + qc * FAISS_DATABASE_BLOCK * 4 + 4 * qc * max(ks) * 12
+                 + qc * args.classes * (4 + 8))
+        budget = 1.1 * (train.nbytes + chunk)
+        ours_t, dino_t, ours_m, dino_m = [], [], [], []
+        for repeat in range(max(1, args.repeats)):
+            log(f"N={n}: ours, repeat {repeat + 1}")
+            t, m, ours = measured(lambda: knn_predict(train, labels, queries, args.classes, ks, temperature,
+                                                      query_chunk=args.query_chunk))
+            ours_t.append(t)
+            ours_m.append(m)
+            log(f"N={n}: DINO, repeat {repeat + 1}")
+            t, m, dino = measured(lambda: _dino_run(train, labels, queries, ks, temperature, args.classes,
+                                                    args.dino_chunks))
+            dino_t.append(t * scale)
+            dino_m.append(m)
+        agree = np.mean([np.mean(ours[k][:len(dino[k]), 0] == dino[k][:, 0]) for k in ks])
+        t_ours, t_dino = statistics.median(ours_t), statistics.median(dino_t)
+        mb = 2 ** 20
+        print(f"{n}\t{t_ours:.2f}\t{t_dino:.2f}\t{t_ours / t_dino:.2f}\t{max(ours_m) / mb:.0f}\t"
+              f"{max(dino_m) / mb:.0f}\t{train.nbytes / mb:.0f}\t{budget / mb:.0f}\t{100 * agree:.2f}%")
+        del train
+    print("ratio: ours / DINO time; MB: peak resident rise (max over repeats); budget: 1.1 x (features + one "
+          "query chunk); agree: top-1 predictions equal")
 
 
 def _synthetic_tree(folder: Path, images: int, size: int) -> Path:
@@ -78,27 +187,6 @@ def _synthetic_tree(folder: Path, images: int, size: int) -> Path:
         Image.fromarray(rng.integers(0, 255, (size + size // 7, size + size // 7, 3), dtype=np.uint8)).save(
             target / f"{wnid}_{n}.JPEG", quality=90)
     return folder
-
-
-def _bench_search(args) -> None:
-    if min(args.train, args.queries, args.dim, args.k) < 1 or args.k > args.train:
-        raise UserError("--train/--queries/--dim/--k: must be >= 1 with k <= train")
-    rng = np.random.default_rng(0)
-    train = l2_normalize(rng.standard_normal((args.train, args.dim), dtype=np.float32))
-    queries = l2_normalize(rng.standard_normal((args.queries, args.dim), dtype=np.float32))
-    print(f"k-NN search: {args.train} x {args.dim} train features, {args.queries} queries, k={args.k}, "
-          f"median of {args.repeats}")
-    t_faiss, (d_f, i_f) = _median_time(lambda: search_topk(train, queries, args.k, query_chunk=args.chunk),
-                                       args.repeats)
-    t_torch, (d_t, i_t) = _median_time(lambda: torch_topk(train, queries, args.k, args.chunk), args.repeats)
-    t_ours_torch, _ = _median_time(lambda: search_topk(train, queries, args.k, query_chunk=args.chunk,
-                                                       backend="torch"), args.repeats)
-    agree = float(np.mean(np.sort(i_f, 1) == np.sort(i_t, 1)))
-    print(f"  faiss (IndexFlatIP, chunked): {t_faiss:.3f} s  ({args.queries / t_faiss:.0f} queries/s)")
-    print(f"  torch matmul + topk (chunk {args.chunk}): {t_torch:.3f} s  ({args.queries / t_torch:.0f} queries/s)")
-    print(f"  ssl-bench search_backend torch (chunked, merged): {t_ours_torch:.3f} s")
-    print(f"  ratio torch / faiss: {t_torch / t_faiss:.2f}x; neighbour sets agree on {100 * agree:.2f}% "
-          f"(max |sim diff| {float(np.abs(d_f - d_t).max()):.2e})")
 
 
 def _bench_extraction(args) -> None:

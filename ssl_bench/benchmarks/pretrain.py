@@ -1,11 +1,18 @@
-"""Training speed of a pretraining method vs a bare timm encoder over the same tokens.
+"""Training speed of a pretraining method against its ideal: the encoder work it cannot avoid.
 
-One run measures both: the method's full training step (``ssl_bench.engine.step.TrainStep``,
-the engine's own; views already made, so data loading is excluded: loss, non-finite check,
-backward, clipping, optimiser step, EMA update) and a bare forward +
-backward of a fresh timm encoder of the same architecture over exactly the inputs the
-method's online encoder saw in a step (same images, same kept tokens), with a mean loss.
-The ratio is the method's overhead (teacher forward, heads, loss, optimiser, EMA).
+One run measures both, interleaved step by step (median of each), so a change in machine load
+hits both alike:
+
+- **method**: its full training step (``ssl_bench.engine.step.TrainStep``, the engine's own;
+  views already made, so data loading is excluded): forward of online encoder, teacher, heads
+  and decoder, loss, non-finite check, backward, clipping, optimiser step, EMA update;
+- **ideal**: fresh timm encoders of the same architecture doing exactly the encoder work of
+  that step: forward + backward of the online encoder over the inputs it saw (same images,
+  same kept or masked tokens) with a mean loss, plus a no-grad forward of the teacher encoder
+  over the inputs the teacher saw (EMA methods). It leaves out the heads, projectors and
+  decoders, the loss, the optimiser and the EMA: their share is ``method / ideal`` - 1. The
+  heads' own cost is shown as FLOPs (``torch.utils.flop_counter``): the step's against the
+  ideal's.
 """
 
 from __future__ import annotations
@@ -56,21 +63,6 @@ def _batch(method, batch_size: int, size: int, device):
     return to_device(torch.utils.data.default_collate(samples), device)
 
 
-def _timed(fn, steps: int, warmup: int, device) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def run(args: argparse.Namespace) -> int:
     recipe_path = args.recipe
     if recipe_path is None:
@@ -90,57 +82,106 @@ def run(args: argparse.Namespace) -> int:
     batch = _batch(method, batch_size, size, device)
     bf16 = train_step.bf16
 
-    # what the online encoder sees in one step: token calls (ViTs) or feature calls (ConvNets)
-    calls = []
-    original_tokens, original_features = method.backbone.tokens, method.backbone.features
+    # what the encoders see in one step: token calls (ViTs) or feature calls (ConvNets), with
+    # gradients (online encoder) or without (the teacher)
+    online, teacher = [], []
+    backbones = [m for m in method.modules() if isinstance(m, Backbone)]
+    for backbone in backbones:
+        def spy_tokens(images, _original=backbone.tokens, **kw):
+            (online if torch.is_grad_enabled() else teacher).append((images, kw.get("keep"), kw.get("mask")))
+            return _original(images, **kw)
 
-    def spy_tokens(images, **kw):
-        if torch.is_grad_enabled():
-            calls.append((images, kw.get("keep"), kw.get("mask")))
-        return original_tokens(images, **kw)
+        def spy_features(images, kind="cls", _original=backbone.features, _vit=backbone.is_vit):
+            if not _vit:
+                (online if torch.is_grad_enabled() else teacher).append((images, None, None))
+            return _original(images, kind)
 
-    def spy_features(images, kind="cls"):
-        if torch.is_grad_enabled() and not method.backbone.is_vit:
-            calls.append((images, None, None))
-        return original_features(images, kind)
+        backbone.tokens, backbone.features = spy_tokens, spy_features
 
     def method_step():
         train_step(batch, 0)  # the engine's step; the schedules held at their first values
 
-    method.backbone.tokens, method.backbone.features = spy_tokens, spy_features
     method_step()
-    method.backbone.tokens, method.backbone.features = original_tokens, original_features
-    seen = calls[:]
-    if not seen:
+    for backbone in backbones:
+        del backbone.tokens, backbone.features  # the instance attributes: the methods again
+    if not online:
         raise UserError(f"method {recipe['method']}: its online encoder was not called through "
                         "Backbone.tokens or Backbone.features; nothing to compare with")
-    bare = Backbone(recipe["backbone"]["arch"], recipe["backbone"]["img_size"], recipe["backbone"]["patch_size"],
-                    mask_token=method.backbone.mask_token is not None).to(device).train()
+    arch = recipe["backbone"]
 
-    def bare_step():
+    def fresh():
+        return Backbone(arch["arch"], arch["img_size"], arch["patch_size"],
+                        mask_token=method.backbone.mask_token is not None).to(device).train()
+
+    bare, bare_teacher = fresh(), fresh()
+
+    def encode(encoder, calls):
+        total = 0.0
+        for images, keep, mask in calls:
+            if keep is None and mask is None:
+                out = encoder.model.forward_features(images)  # plain timm
+            else:
+                out = encoder.tokens(images, keep=keep, mask=mask).normed
+            total = total + out.float().mean()
+        return total
+
+    def ideal_step():
         bare.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            total = 0.0
-            for images, keep, mask in seen:
-                if keep is None and mask is None:
-                    out = bare.model.forward_features(images)  # plain timm
-                else:
-                    out = bare.tokens(images, keep=keep, mask=mask).normed
-                total = total + out.float().mean()
+            if teacher:
+                with torch.no_grad():
+                    encode(bare_teacher, teacher)
+            total = encode(bare, online)
         total.backward()
 
-    t_method = _timed(method_step, args.steps, args.warmup, device)
-    t_bare = _timed(bare_step, args.steps, args.warmup, device)
+    t_method, t_ideal = _interleaved(method_step, ideal_step, args.steps, args.warmup, device)
+    flops_method, flops_ideal = _flops(method_step), _flops(ideal_step)
     print(f"method\t{recipe['method']}")
-    print(f"setting\t{recipe['backbone']['arch']}, batch {batch_size}, {recipe['precision']}, {device}")
-    if bare.is_vit:
-        tokens = sum(int(images.shape[0]) * (1 + (keep.shape[-1] if keep is not None
-                                                  else (images.shape[-1] // bare.patch_size) ** 2))
-                     for images, keep, _ in seen)
-        print(f"online tokens/step\t{tokens}")
-    else:
-        print(f"online encoder images/step\t{sum(int(images.shape[0]) for images, _, _ in seen)}")
+    print(f"setting\t{arch['arch']}, batch {batch_size}, {recipe['precision']}, {device}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"ideal includes\tonline encoder fwd+bwd over the tokens it saw"
+          + (" + teacher encoder forward (no grad)" if teacher else " (no teacher)")
+          + "; not heads/projector/decoder, loss, optimiser, EMA")
+    for name, calls in (("online", online), ("teacher", teacher)):
+        if not calls:
+            continue
+        if bare.is_vit:
+            tokens = sum(int(images.shape[0]) * (1 + (keep.shape[-1] if keep is not None
+                                                      else (images.shape[-1] // bare.patch_size) ** 2))
+                         for images, keep, _ in calls)
+            print(f"{name} tokens/step\t{tokens}")
+        else:
+            print(f"{name} encoder images/step\t{sum(int(images.shape[0]) for images, _, _ in calls)}")
     print(f"method img/s\t{batch_size / t_method:.1f}\t(full training step, median of {args.steps})")
-    print(f"bare encoder img/s\t{batch_size / t_bare:.1f}\t(timm fwd+bwd over the same tokens)")
-    print(f"ratio\t{t_bare / t_method:.3f}\t(method / bare)")
+    print(f"ideal img/s\t{batch_size / t_ideal:.1f}\t(encoders only, interleaved with the method)")
+    print(f"GFLOPs/step\t{flops_method / 1e9:.2f}\t(method; ideal {flops_ideal / 1e9:.2f}: heads, projector, "
+          f"decoder and loss add {100 * (flops_method / flops_ideal - 1):.0f}%)")
+    print(f"ratio\t{t_method / t_ideal:.3f}\t(method time / ideal time)")
     return 0
+
+
+def _interleaved(first, second, steps: int, warmup: int, device) -> tuple[float, float]:
+    """Median seconds of ``first`` and of ``second``, timed alternately ``steps`` times each."""
+    for _ in range(warmup):
+        first()
+        second()
+    times = ([], [])
+    for _ in range(steps):
+        for fn, out in zip((first, second), times):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            out.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def _flops(fn) -> int:
+    """Floating-point operations of one call of ``fn`` (forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()

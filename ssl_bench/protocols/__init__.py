@@ -11,7 +11,7 @@ and its place in leaderboards. ``run`` returns the result records (``dataset``, 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -24,13 +24,18 @@ from ..schema import Schema
 
 @dataclass
 class EvalContext:
-    """Everything one evaluation needs."""
+    """Everything one evaluation needs.
+
+    ``shared``: what the protocols of one ``evaluate_many`` call share in memory (the same dict
+    in each of their contexts): dataset manifests and extracted features, by their keys.
+    """
 
     checkpoint: Checkpoint
     data: Path
     recipe: dict
     results_dir: Path
     device: torch.device
+    shared: dict = field(default_factory=dict)
 
 
 class Protocol(ABC):

@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -306,15 +306,23 @@ def split_features(ctx, dataset, *, split: str, spec: FeatureSpec, transform_cfg
     in the key (``augment_pass`` = index of a random-augmentation pass, None = eval transform).
     """
     checkpoint = ctx.checkpoint
-    manifest = dataset_manifest(dataset)
+    listing = ("manifest", tuple(dataset.classes), tuple(map(tuple, dataset.samples)))
+    if listing not in ctx.shared:  # one stat of every file per evaluation, not per split_features call
+        ctx.shared[listing] = dataset_manifest(dataset)
+    manifest = ctx.shared[listing]
     if augment_pass is None:  # only what the eval transform uses, so every protocol shares the entry
         transform_cfg = {k: transform_cfg[k] for k in EVAL_TRANSFORM_KEYS if k in transform_cfg}
     key = {"format": CACHE_FORMAT, "checkpoint": checkpoint.sha256, "dataset": manifest,
            "transform": transform_cfg, "augment_pass": augment_pass, **spec.as_dict(),
            "bf16": bool(recipe.get("bf16", False))}
     cache = cache_for(recipe, ctx.results_dir)
-    full = cache.load(key)
+    memo = ("features", key_hash(key), cache.root)
+    if memo in ctx.shared:  # extracted or loaded by an earlier protocol of this evaluation
+        full = replace(ctx.shared[memo], cached=True)
+    else:
+        full = cache.load(key)
     if full is not None:
+        ctx.shared[memo] = full
         return full if indices is None else full.subset(indices)
     target = dataset if indices is None else _Indexed(dataset, indices)
     if indices is not None:
@@ -334,4 +342,7 @@ def split_features(ctx, dataset, *, split: str, spec: FeatureSpec, transform_cfg
                     num_workers=int(recipe.get("num_workers", 0)), device=ctx.device,
                     bf16=bool(recipe.get("bf16", False)), desc=f"features {split}")
 
-    return cache.store(key, fill, len(target), dim, labels)
+    stored = cache.store(key, fill, len(target), dim, labels)
+    if indices is None:
+        ctx.shared[memo] = stored
+    return stored

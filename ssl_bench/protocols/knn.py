@@ -30,19 +30,19 @@ from ._features import eval_transform, feature_spec, split_features
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (float32; a zero row stays zero)."""
     x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]  # unlike np.linalg.norm, no (N, D) temporary
     return x / np.maximum(norms, 1e-12)
 
 
 def search_topk(train: np.ndarray, queries: np.ndarray, k: int, *, train_chunk: int = 1 << 20,
-                query_chunk: int = 4096, normalize: bool = False, backend: str = "faiss",
+                query_chunk: int = 4096, backend: str = "faiss",
                 desc: str = "k-NN search") -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top-k of every query row over the training rows.
 
     Returns (similarities, indices), each (n_queries, k), most similar first. The training
     set is scanned in chunks of ``train_chunk`` rows (read from a memory map as needed) and
-    the queries in chunks of ``query_chunk``; ``k`` must not exceed len(train). With
-    ``normalize`` both sides are L2-normalised chunk by chunk first (cosine similarity).
+    the queries in chunks of ``query_chunk``; ``k`` must not exceed len(train). Cosine
+    similarity: L2-normalise both sides first (``knn_predict`` does, the training side once).
     ``backend``: ``faiss`` (``faiss.knn`` + ``faiss.ResultHeap``) or ``torch`` (matmul +
     ``topk`` per chunk, merged by another ``topk``; ``ssl-bench bench knn`` compares them).
     """
@@ -58,12 +58,10 @@ def search_topk(train: np.ndarray, queries: np.ndarray, k: int, *, train_chunk: 
     bar = progress(total=len(steps), desc=desc, unit="chunk")
     for q0 in range(0, n_query, query_chunk):
         q = np.ascontiguousarray(queries[q0:q0 + query_chunk], dtype=np.float32)
-        q = l2_normalize(q) if normalize else q
         heap = faiss.ResultHeap(len(q), k, keep_max=True) if backend == "faiss" else None
         best_d = best_i = None
         for t0 in range(0, n_train, train_chunk):
             block = np.ascontiguousarray(train[t0:t0 + train_chunk], dtype=np.float32)
-            block = l2_normalize(block) if normalize else block
             if heap is None:
                 top = (torch.from_numpy(q) @ torch.from_numpy(block).T).topk(min(k, len(block)), dim=1)
                 d, i = top.values, top.indices + t0
@@ -112,15 +110,19 @@ def knn_predict(train: np.ndarray, train_labels: np.ndarray, queries: np.ndarray
 
     One exact search for the largest k serves every k (the neighbours come sorted). A k
     above the number of training features is capped to it; the result is keyed by the
-    requested k.
+    requested k. With ``normalize`` (cosine similarity) the training features are
+    L2-normalised once, into one float32 copy (the only training-sized allocation), and the
+    queries chunk by chunk.
     """
     kmax = min(max(ks), len(train))
+    if normalize:
+        train = l2_normalize(train)
     top = min(5, num_classes)
     out = {k: np.empty((len(queries), top), dtype=np.int64) for k in ks}
     for q0 in range(0, len(queries), query_chunk):
         q = queries[q0:q0 + query_chunk]
-        sims, idx = search_topk(train, q, kmax, train_chunk=train_chunk, query_chunk=query_chunk,
-                                normalize=normalize, backend=backend)
+        sims, idx = search_topk(train, l2_normalize(q) if normalize else q, kmax, train_chunk=train_chunk,
+                                query_chunk=query_chunk, backend=backend)
         for k in ks:
             kk = min(k, kmax)
             scores = vote(sims[:, :kk], idx[:, :kk], train_labels, num_classes, temperature)

@@ -98,7 +98,7 @@ def _classifier(ctx: EvalContext, cfg: dict):
     log(f"robustness: no classifier saved for {ctx.checkpoint.label}; training the linear probe "
         f"(variant {recipe['variant']}) on the clean {cfg['dataset']} train split first")
     clean = dataset_root(ctx, cfg, cfg["dataset"])
-    Linear().run(EvalContext(ctx.checkpoint, clean, recipe, ctx.results_dir, ctx.device))
+    Linear().run(EvalContext(ctx.checkpoint, clean, recipe, ctx.results_dir, ctx.device, ctx.shared))
     return (*load_classifier(ctx.results_dir, sha, f"linear-{recipe['variant']}"), True)
 
 
