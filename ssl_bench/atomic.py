@@ -93,11 +93,14 @@ def atomic_write_json(path: Path, obj) -> Path:
 
 
 def check_writable(folder: Path, what: str = "output folder") -> None:
-    """Before long work: make ``folder`` and write, fsync and delete a small probe file there, so a
-    file in its place, a read-only or a full store is one line now rather than a failure at the end."""
+    """Before long work: write, fsync and delete a small probe file in ``folder`` (or, when it does not exist
+    yet, in its nearest existing parent, which will hold it), so a file in its place, a read-only or a full
+    store is one line now rather than a failure at the end. Leaves nothing behind."""
     folder = Path(folder)
-    _make_folder(folder)
-    probe = folder / f".write-probe.{_HOST}-{os.getpid()}.probe.tmp"
+    existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{existing}: is a file, not a folder; choose another {what} or remove the file")
+    probe = existing / f".write-probe.{_HOST}-{os.getpid()}.probe.tmp"
     try:
         with open(probe, "wb") as handle:
             handle.write(b"\0" * 4096)

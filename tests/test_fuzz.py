@@ -269,11 +269,13 @@ def fail_inside(store: Path, call: str, code: int, only: str = ""):
 
 @case
 def results_read_only(w):
+    w.results.mkdir()
     return Case(w.eval("knn"), str(w.results), patch=fail_inside(w.tmp / "results", "open", errno.EROFS))
 
 
 @case
 def results_disk_full_at_start(w):
+    w.results.mkdir()
     return Case(w.eval("knn"), str(w.results), patch=fail_inside(w.tmp / "results", "fsync", errno.ENOSPC))
 
 
