@@ -89,6 +89,7 @@ def _train(recipe: dict, run: Path, device: torch.device, world: int, rank: int)
     if main:
         check_writable(run, "run folder")
         _check_run_folder(run, recipe)
+        run.mkdir(parents=True, exist_ok=True)
         for path in remove_stale_temporaries(run):
             log(f"removed the stale temporary {path} of an interrupted write")
     method = build_method(recipe).to(device)
