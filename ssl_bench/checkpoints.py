@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_write, atomic_write_json, sha256_file
 from .backbones import Backbone
-from .errors import UserError
+from .errors import UserError, one_line
 from .imports import import_state
 from .provenance import code_version, library_versions, utc_now
 
@@ -107,12 +107,23 @@ def read_metadata(spec: Path) -> dict:
         raise UserError(f"{sidecar_path}: checkpoint metadata not found{hint}; give a folder holding "
                         "checkpoint.json, a .json/.safetensors checkpoint, random:ARCH or timm:NAME")
     try:
-        meta = json.loads(sidecar_path.read_text())
+        meta = json.loads(sidecar_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise UserError(f"{sidecar_path}:{err.lineno}: invalid checkpoint metadata ({err.msg})") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{sidecar_path}: checkpoint metadata is not UTF-8 JSON ({err.reason})") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{sidecar_path}: checkpoint metadata must be a JSON object, got a {type(meta).__name__}")
     if meta.get("format") != FORMAT:
         raise UserError(f"{sidecar_path}: not an ssl-bench checkpoint (format {meta.get('format')!r}, "
                         f"expected {FORMAT!r})")
+    for key, kind in (("arch", str), ("weights", dict), ("method", str)):
+        if not isinstance(meta.get(key), kind):
+            raise UserError(f"{sidecar_path}: key '{key}' missing or not a {kind.__name__}; the metadata is damaged, "
+                            "re-export the checkpoint")
+    if not isinstance(meta["weights"].get("sha256"), str):
+        raise UserError(f"{sidecar_path}: key 'weights.sha256' missing; the metadata is damaged, re-export the "
+                        "checkpoint")
     if not weights_path.is_file():
         raise UserError(f"{weights_path}: checkpoint weights missing next to {sidecar_path.name}")
     actual = sha256_file(weights_path)
@@ -131,11 +142,31 @@ def load_checkpoint(spec: Path) -> Checkpoint:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as err:
         raise UserError(f"{weights_path}: unreadable safetensors file ({err})") from None
-    backbone = Backbone(meta["arch"], meta.get("img_size"), meta.get("patch_size"),
-                        final_norm=meta.get("eval", {}).get("final_norm", True))
-    backbone.model.load_state_dict(state)
+    _, sidecar_path = checkpoint_paths(spec)
+    try:
+        backbone = Backbone(meta["arch"], meta.get("img_size"), meta.get("patch_size"),
+                            final_norm=meta.get("eval", {}).get("final_norm", True))
+    except (UserError, TypeError, ValueError) as err:  # timm refuses an unknown arch or a bad size
+        raise UserError(f"{sidecar_path}: {one_line(err)}") from None
+    load_weights(backbone.model, state, f"{weights_path} (arch {meta['arch']} in {sidecar_path.name})")
     meta.setdefault("label", Path(spec).name if Path(spec).is_dir() else weights_path.stem)
     return Checkpoint(backbone.eval(), meta)
+
+
+def load_weights(model: torch.nn.Module, state: dict, source: str) -> None:
+    """``model.load_state_dict(state)`` strictly; keys or shapes that differ are one ``UserError``
+    naming ``source`` and the first differing keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]
+    parts = [f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+             for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", shapes)) if keys]
+    if parts:
+        raise UserError(f"{source}: the weights do not fit the architecture ({'; '.join(parts)}); the checkpoint "
+                        "is damaged or its metadata names the wrong architecture")
+    model.load_state_dict(state)
 
 
 def _random_backbone(arch: str) -> Checkpoint:

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from . import __version__
-from .errors import UserError
+from .errors import UserError, one_line
 from .launch import LaunchOptions, add_launcher_arguments, launch
 from .progress import set_quiet
 
@@ -29,8 +28,6 @@ SET_HELP = "override a recipe key, e.g. --set optim.lr=0.001 (repeatable)"
 DEVICE_HELP = "auto (CUDA if available), cpu or cuda[:N]"
 CHECKPOINT_HELP = ("a checkpoint folder/file of ours (ssl-bench import writes one from a foreign file), "
                    "random:ARCH, timm:NAME or foreign:ARCH:PATH (strict import, layout recognised)")
-#: terminal control sequences (colours, cursor moves) some libraries put into exception texts
-_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
 
 
 @dataclass(frozen=True)
@@ -200,6 +197,9 @@ def _leaderboard_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--digits", type=int, default=1, help="decimals shown (default 1)")
     p.add_argument("--title", default="ssl-bench leaderboard", help="page and figure title")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse (exit 2) a results store with an unusable result file instead of skipping it "
+                        "with a warning")
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
@@ -216,7 +216,7 @@ def _leaderboard(args: argparse.Namespace) -> int:
         records, measured, note = None, measured_from_csv(source), [
             f"Measured: read from the leaderboard {source} (its statistics as computed when it was written)."]
     elif source.is_dir():
-        records, measured, note = load_results(source), None, []
+        records, measured, note = load_results(source, strict=args.strict), None, []
     else:
         raise UserError(f"--results {source}: no such folder; run 'ssl-bench eval' first, or point --results "
                         "at a results store or a leaderboard CSV")
@@ -410,18 +410,38 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Bad input (``UserError``): one line, exit 2. Anything else is a bug: one line
+    naming the file its traceback was saved to, exit 1, so the two are told apart."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
     set_quiet(args.quiet)
     try:
         return args.run(args)
     except UserError as err:
-        message = " ".join(_ESCAPES.sub("", str(err)).split())
-        print(f"ssl-bench: error: {message}", file=sys.stderr)
+        print(f"ssl-bench: error: {one_line(err)}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("ssl-bench: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - the last-resort handler: any other failure is a bug
+        saved = _save_traceback(argv)
+        print(f"ssl-bench: internal error: {type(err).__name__}: {one_line(err)[:300]} (a bug, not bad input; "
+              f"traceback saved to {saved}; please report it)", file=sys.stderr)
+        return 1
+
+
+def _save_traceback(argv: list[str]) -> str:
+    """Write the current exception's traceback and the command line to a new file in the temp folder."""
+    import tempfile
+    import traceback
+
+    try:
+        fd, name = tempfile.mkstemp(prefix="ssl-bench-traceback-", suffix=".txt")
+        with open(fd, "w", encoding="utf-8") as handle:
+            handle.write(f"ssl-bench {__version__}: ssl-bench {' '.join(argv)}\n\n{traceback.format_exc()}")
+        return name
+    except OSError as err:  # nowhere to save it: say so instead
+        return f"(not saved: {err.strerror})"
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ import os
 import time
 from pathlib import Path
 
+from .atomic import check_writable, remove_stale_temporaries
 from .checkpoints import Checkpoint, load_spec
 from .distributed import pick_device
 from .errors import UserError
+from .progress import log
 from .protocols import PROTOCOLS, EvalContext
 from .recipes import load_defaults, resolve
 from .results import write_evaluation
@@ -68,6 +70,9 @@ class Evaluation:
         if not self.data.exists():
             raise UserError(f"--data {data}: no such folder; give a dataset root or a tree made by "
                             "'ssl-bench data prepare'")
+        check_writable(results_dir, "results store")
+        for path in remove_stale_temporaries(results_dir):
+            log(f"removed the stale temporary {path} of an interrupted write")
         self.spec = checkpoint
         self.checkpoint: Checkpoint = load_spec(checkpoint)
         self.results_dir = Path(results_dir)

@@ -35,13 +35,13 @@ or relative position bias table). ``export.json`` in the output folder records t
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_write, atomic_write_bytes, atomic_write_json, check_writable
 from .checkpoints import load_spec
 from .errors import UserError
 
@@ -248,6 +248,8 @@ def mmseg_config(backbone, weights: str) -> str:
 
 def export(checkpoint: str, fmt: str, out: Path, *, layout: str = "c4") -> dict:
     """Write the weights, the configs and ``export.json`` into ``out``; returns the manifest."""
+    out = Path(out)
+    check_writable(out, "export folder")
     ckpt = load_spec(checkpoint)
     backbone = ckpt.backbone
     if not backbone.is_vit and not backbone.arch.startswith("resnet50"):
@@ -262,11 +264,9 @@ def export(checkpoint: str, fmt: str, out: Path, *, layout: str = "c4") -> dict:
                         "export a BEiT with --format mmseg (its BEiT backbone)")
     state = backbone.encoder_state_dict()
     mapped, key_map, dropped = map_state_dict(state, fmt, is_vit=backbone.is_vit, layout=layout, beit=beit)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     weights = out / f"backbone_{fmt}.pth"
     wrapper = "model" if fmt == "detectron2" or (fmt == "mmdet" and backbone.is_vit) else "state_dict"
-    torch.save({wrapper: mapped}, weights)
+    atomic_write(weights, lambda tmp: torch.save({wrapper: mapped}, tmp))
     configs = {}
     if fmt == "detectron2":
         for dataset in ("coco", "lvis"):
@@ -279,11 +279,11 @@ def export(checkpoint: str, fmt: str, out: Path, *, layout: str = "c4") -> dict:
     files = {"weights": weights.name}
     for dataset, text in configs.items():
         name = f"{fmt}_{'mask_rcnn' if fmt != 'mmseg' else 'upernet'}_{dataset}.py"
-        (out / name).write_text(text)
+        atomic_write_bytes(out / name, text.encode())
         files[f"config_{dataset}"] = name
     manifest = {"format": fmt, "checkpoint": checkpoint, "arch": backbone.arch, "label": ckpt.label,
                 "sha256": ckpt.sha256, "wrapper_key": wrapper, "layout": layout if not backbone.is_vit else None,
                 "files": files, "key_map": key_map, "dropped": dropped,
                 "shapes": {k: list(v.shape) for k, v in mapped.items()}}
-    (out / "export.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    atomic_write_json(out / "export.json", manifest)
     return manifest

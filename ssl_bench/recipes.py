@@ -29,7 +29,9 @@ def read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: recipe file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save the recipe as UTF-8") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -42,16 +44,20 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
-def recipe_layers(path: Path) -> list[tuple[str, dict]]:
+def recipe_layers(path: Path, _children: tuple[Path, ...] = ()) -> list[tuple[str, dict]]:
     """The chain of (source, mapping) a recipe file stands for, its ``_base_`` files first."""
     path = Path(path)
+    if path.resolve() in _children:
+        chain = " -> ".join(str(p) for p in (*_children, path.resolve()))
+        raise UserError(f"{path}: '{BASE_KEY}' chain is a cycle ({chain}); point {BASE_KEY} at a recipe that "
+                        "does not lead back to this one")
     data = read_yaml(path)
     layers: list[tuple[str, dict]] = []
     base = data.pop(BASE_KEY, None)
     if base is not None:
         if not isinstance(base, str):
             raise UserError(f"{path}: '{BASE_KEY}' must be a file name, got {base!r}")
-        layers = recipe_layers(path.parent / base)
+        layers = recipe_layers(path.parent / base, (*_children, path.resolve()))
     layers.append((str(path), data))
     return layers
 

@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,7 +47,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .atomic import atomic_write, atomic_write_json
-from .progress import log, progress
+from .errors import UserError
+from .progress import progress
 from .provenance import code_version, describe_machine, library_versions, machine, utc_now
 
 if TYPE_CHECKING:
@@ -145,7 +147,11 @@ def write_evaluation(results_dir: Path, *, protocol: str, checkpoint: dict, reci
                "code": code_version(), "versions": library_versions(), "machine": machine(),
                "wall_time_s": wall_time_s,
                "timestamp": utc_now(), "records": records, **(extra or {})}
-    return atomic_write_json(path, payload)
+    try:
+        return atomic_write_json(path, payload)
+    except BaseException:
+        npz_path.unlink(missing_ok=True)  # no arrays without their evaluation
+        raise
 
 
 def _save_npz(tmp: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -170,14 +176,68 @@ def load_predictions(path: Path, key: str | None = None):
         return {name: data[name] for name in data.files}
 
 
-def iter_evaluations(results_dir: Path):
-    """Every stored evaluation as (path, payload); unreadable files are reported, not fatal."""
+def iter_evaluations(results_dir: Path, *, strict: bool = False):
+    """Every readable stored evaluation as (path, payload). A file that is unreadable, not an evaluation,
+    holds a record without a numeric value or points at missing or corrupt per-sample predictions is
+    skipped with a warning naming it (``strict``: a ``UserError`` naming it), so one bad file does not
+    hide the rest of the store."""
     files = sorted(Path(results_dir).glob("*/*.json"))
     for path in progress(files, desc="reading results", unit="file"):
         try:
-            yield path, json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            log(f"warning: skipping unreadable result file {path} ({err})")
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            problem = _evaluation_problem(path, payload)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            problem = f"unreadable ({type(err).__name__}: {err})"
+        if problem is None:
+            yield path, payload
+        elif strict:
+            raise UserError(f"{path}: {problem}; fix or remove the file (without --strict it is skipped)")
+        else:
+            print(f"ssl-bench: warning: skipping the result file {path}: {problem}", file=sys.stderr)
+
+
+def _evaluation_problem(path: Path, payload) -> str | None:
+    """What makes ``payload`` (read from ``path``) unusable as a stored evaluation, or None."""
+    if not isinstance(payload, dict):
+        return f"not an evaluation (a JSON {type(payload).__name__}, expected an object)"
+    if not isinstance(payload.get("checkpoint"), dict) or not isinstance(payload.get("protocol"), str):
+        return "not an evaluation (no 'checkpoint' object or 'protocol' name)"
+    records = payload.get("records")
+    if not isinstance(records, list):
+        return "not an evaluation (no 'records' list)"
+    arrays: dict[str, dict] = {}
+    for i, record in enumerate(records):
+        if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("dataset", "metric")):
+            return f"records[{i}]: not an object with 'dataset' and 'metric' names"
+        value = record.get("value")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            return f"records[{i}].value: {value!r} is not a finite number"
+        preds = record.get("predictions")
+        if preds:
+            problem = _predictions_problem(path, preds, value, arrays)
+            if problem is not None:
+                return f"records[{i}].predictions: {problem}"
+    return None
+
+
+def _predictions_problem(path: Path, preds, value: float, arrays: dict) -> str | None:
+    """Whether the per-sample predictions a record points at exist, load and average to its value."""
+    if not isinstance(preds, dict) or not all(k in preds for k in ("file", "key", "scale")):
+        return "expected an object with file, key and scale"
+    npz = path.parent / str(preds["file"])
+    if npz not in arrays:
+        try:
+            arrays[npz] = load_predictions(npz)
+        except FileNotFoundError:
+            return f"{npz} is missing"
+        except Exception as err:  # noqa: BLE001 - numpy/zipfile raise many kinds for a corrupt file
+            return f"{npz} is unreadable ({type(err).__name__})"
+    array = arrays[npz].get(preds["key"])
+    if array is None:
+        return f"{npz} has no array {preds['key']!r}"
+    if array.size == 0 or abs(float(preds["scale"]) * float(np.mean(array)) - value) > 1e-4 * max(1.0, abs(value)):
+        return f"{npz}[{preds['key']!r}] does not average to the value {value}"
+    return None
 
 
 def recipe_key(recipe: dict | None) -> str:
@@ -210,12 +270,13 @@ def _imported(audit: dict | None) -> str | None:
             f"{audit['encoder']} encoder: {audit['summary']}")
 
 
-def load_results(results_dir: Path) -> pd.DataFrame:
-    """All records under ``results_dir`` as one DataFrame (columns ``RECORD_COLUMNS``)."""
+def load_results(results_dir: Path, *, strict: bool = False) -> pd.DataFrame:
+    """All records under ``results_dir`` as one DataFrame (columns ``RECORD_COLUMNS``); unusable files
+    are skipped with a warning, or refused with ``strict`` (``iter_evaluations``)."""
     import pandas as pd  # heavy, and only the leaderboards read the store: not loaded by 'ssl-bench eval'
 
     rows = []
-    for path, payload in iter_evaluations(results_dir):
+    for path, payload in iter_evaluations(results_dir, strict=strict):
         ckpt = payload.get("checkpoint", {})
         for record in payload.get("records", []):
             preds = record.get("predictions") or {}

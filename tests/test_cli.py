@@ -72,3 +72,45 @@ def test_leaderboard_writes_every_format(tmp_path, capsys):
         assert "42.5" in out.read_text()
     assert main(["leaderboard", "--results", str(tmp_path / "nope")]) == 2
     assert main(["leaderboard", "--results", str(tmp_path / "r"), "--format", "pdf"]) == 2
+
+
+def test_a_bug_is_one_line_naming_the_saved_traceback_exit_1(tmp_path, capsys, monkeypatch):
+    """Any exception but a UserError is a bug: exit 1 (not 2), one line, the traceback in a file."""
+    from ssl_bench import cli
+
+    def broken(args):
+        raise ZeroDivisionError("division by zero in the k-NN vote")
+
+    monkeypatch.setitem(cli.COMMANDS, "leaderboard", cli.Command("leaderboard", "tables", cli._leaderboard_arguments,
+                                                                 broken))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    assert main(["leaderboard", "--results", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err
+    assert "internal error: ZeroDivisionError: division by zero in the k-NN vote" in lines[0]
+    saved = list(tmp_path.glob("ssl-bench-traceback-*.txt"))
+    assert len(saved) == 1 and str(saved[0]) in lines[0]
+    text = saved[0].read_text()
+    assert "Traceback (most recent call last)" in text and "in broken" in text and "leaderboard --results" in text
+
+
+def test_a_user_error_from_a_data_loader_worker_is_its_own_one_line():
+    """torch re-raises a worker's exception with the worker's traceback in the message; the line the
+    user sees is the original message only."""
+    from torch.utils.data import DataLoader, Dataset
+
+    from ssl_bench.errors import UserError, one_line
+
+    class Broken(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            raise UserError(f"images/{i}.JPEG: cannot be read as an image")
+
+    with pytest.raises(UserError) as caught:
+        next(iter(DataLoader(Broken(), num_workers=1)))
+    assert "Traceback" in str(caught.value)  # what torch makes of it
+    assert one_line(caught.value) == "images/0.JPEG: cannot be read as an image"

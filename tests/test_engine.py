@@ -102,30 +102,78 @@ def test_lars_optimizer_builds(tmp_path):
 
 
 # ----- whole runs ------------------------------------------------------------------------------------
-def test_resume_after_sigkill_is_exact(tmp_path):
-    data = make_images(tmp_path / "data", per_class=10)  # 20 images, batch 2 -> 10 steps/epoch, 20 steps
-    recipe = write_recipe(tmp_path, data, workers=1, every=5)
-    full = run_engine(recipe, tmp_path / "full")
+#: ``python KILLER NAME pretrain ...``: the engine, SIGKILLed once the temporary of the first write of NAME is
+#: complete but not yet renamed (the moment a kill leaves a temporary behind)
+KILL_IN_WRITE = """
+import os, signal, sys
+from ssl_bench import checkpoints
+from ssl_bench.cli import main
+from ssl_bench.engine import state
+target = sys.argv[1]
+def killing(write_file):
+    def atomic_write(path, write):
+        def write_then_die(tmp):
+            write(tmp)
+            if path.name == target:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return write_file(path, write_then_die)
+    return atomic_write
+state.atomic_write = killing(state.atomic_write)
+checkpoints.atomic_write = killing(checkpoints.atomic_write)
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """20 images, batch 2: 10 steps an epoch, 20 steps, a state every 5; run once without a kill."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    data = make_images(tmp / "data", per_class=10)
+    recipe = write_recipe(tmp, data, workers=1, every=5)
+    full = run_engine(recipe, tmp / "full")
     assert full.returncode == 0, full.stderr[-2000:]
-    killed = run_engine(recipe, tmp_path / "resumed", {"SSL_BENCH_KILL_AT_STEP": "13"})
-    assert killed.returncode == -signal.SIGKILL
-    meta, _ = final_state(tmp_path / "resumed")
-    assert meta["step"] == 10 and not (tmp_path / "resumed" / "checkpoint.json").exists()
-    resumed = run_engine(recipe, tmp_path / "resumed")
+    return recipe, tmp / "full"
+
+
+@pytest.mark.parametrize("moment, resumed_at", [
+    ("mid-run, after step 13's update", 10),
+    ("during the temporary of the step-15 train state", 10),
+    ("during the temporary of the final export", 20),
+])
+def test_resume_after_sigkill_is_exact(moment, resumed_at, uninterrupted, tmp_path):
+    recipe, full = uninterrupted
+    run = tmp_path / "resumed"
+    if moment.startswith("mid-run"):
+        killed = run_engine(recipe, run, {"SSL_BENCH_KILL_AT_STEP": "13"})
+    else:
+        killer = tmp_path / "killer.py"
+        killer.write_text(KILL_IN_WRITE)
+        target = "train_state-000000015.safetensors" if "step-15" in moment else "checkpoint.safetensors"
+        killed = subprocess.run([PY, str(killer), target, "pretrain", "--recipe", str(recipe), "--out", str(run),
+                                 "--device", "cpu"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+        assert list(run.glob(f".{target}.*.tmp")), "the kill came before the temporary was written"
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    meta, _ = final_state(run)
+    assert meta["step"] == resumed_at and not (run / "checkpoint.json").exists()
+    resumed = run_engine(recipe, run)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming at step 10" in resumed.stderr
-    meta_a, a = final_state(tmp_path / "full")
-    meta_b, b = final_state(tmp_path / "resumed")
+    assert f"resuming at step {resumed_at}" in resumed.stderr
+    meta_a, a = final_state(full)
+    meta_b, b = final_state(run)
     assert meta_a["step"] == meta_b["step"] == 20
     assert a.keys() == b.keys()
     for key in a:
         if not key.startswith("rng."):
             assert torch.equal(a[key], b[key]), key
+    exported_a, exported_b = (load_file(str(r / "checkpoint.safetensors")) for r in (full, run))
+    assert exported_a.keys() == exported_b.keys()
+    assert all(torch.equal(exported_a[k], exported_b[k]) for k in exported_a)
     # the log holds each step once after the resume
-    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 21))
-    # nothing but safetensors + JSON (+ the YAML recipe and the log) in the run folder
-    assert {p.suffix for p in (tmp_path / "resumed").iterdir()} <= {".safetensors", ".json", ".yaml", ".jsonl"}
+    # no temporary left; nothing but safetensors + JSON (+ the YAML recipe and the log) in the run folder
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]
+    assert {p.suffix for p in run.iterdir()} <= {".safetensors", ".json", ".yaml", ".jsonl"}
 
 
 def rank_probe(folder: Path, at_step: int) -> Path:

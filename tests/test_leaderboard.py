@@ -426,3 +426,25 @@ def test_cli_reads_the_committed_demo_leaderboard_when_there_is_no_results_folde
     (tmp_path / "leaderboards" / "embedded.csv").unlink()
     assert main(["leaderboard"]) == 2
     assert "--results results: no such folder" in capsys.readouterr().err
+
+
+def test_leaderboard_skips_one_bad_file_among_20_and_names_it(tmp_path, capsys):
+    """One unusable result file does not hide the other 19: each is a row (a checkpoint of its own, with a
+    value only it has), the bad one is named on stderr, and --strict refuses the store naming it."""
+    store = tmp_path / "results"
+    paths = [write_evaluation(store, protocol="knn", checkpoint={"label": f"ckpt{i:02d}", "sha256": f"s{i}",
+                                                                  "method": "msn", "arch": "vit_tiny"},
+                              recipe={}, wall_time_s=1.0,
+                              records=[{"dataset": "embedded-imagenet", "metric": "top1_k20", "value": 10.0 + i}])
+             for i in range(20)]
+    bad = paths[7]
+    bad.write_bytes(b"\x00\xff\x13 not JSON")
+    assert main(["--quiet", "leaderboard", "--results", str(store), "--format", "csv", "--bootstrap", "0"]) == 0
+    out, err = capsys.readouterr()
+    shown = {i for i in range(20) if f"ckpt{i:02d}" in out}
+    assert shown == set(range(20)) - {7}
+    warnings = [line for line in err.splitlines() if line.strip()]
+    assert len(warnings) == 1 and str(bad) in warnings[0] and "skipping" in warnings[0]
+    assert main(["--quiet", "leaderboard", "--results", str(store), "--strict"]) == 2
+    _, err = capsys.readouterr()
+    assert str(bad) in err and len(err.strip().splitlines()) == 1

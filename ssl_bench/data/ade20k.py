@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError
 from ..progress import progress
-from .common import embedded_set, fmt_config, sorted_files
+from .common import embedded_set, first_problems, fmt_config, sorted_files
 from .imagefolder import load_rgb, to_float_tensor
 
 
@@ -85,6 +85,14 @@ class ADE20kSegmentation(Dataset):
         self.split = split
         self.transforms = transforms
         self.reduce_zero_label = reduce_zero_label
+        # Refused before any training or scoring, like `ssl-bench data check`: a label map of another mode
+        # or size than its image, or with values above the classes. mmseg would crop and train on such a
+        # pair (RandomCrop pads/crops image and map separately) or index its class weights out of range;
+        # our rule: the dataset is broken, name the first file and count the rest.
+        problems: list[str] = []
+        check_split(self.root, split, problems, decode_images=False)
+        if problems:
+            raise UserError(first_problems(problems))
         self.samples = pairs(self.root, split)
         if not self.samples:
             raise UserError(f"{self.root / 'images' / split}: no .jpg images with a matching "
@@ -112,54 +120,62 @@ class ADE20kSegmentation(Dataset):
 def check_ade20k(root: Path) -> list[str]:
     """Every image has a same-sized single-channel PNG label map with values in 0..num_classes."""
     root = Path(root)
-    cfg = fmt_config("ade20k")
     problems: list[str] = []
-    k = num_classes(root)
-    for split in cfg["splits"]:
-        img_dir, ann_dir = root / "images" / split, root / "annotations" / split
-        if not img_dir.is_dir():
-            problems.append(f"{img_dir}: missing (expected images/{split}/*.jpg)")
-        if not ann_dir.is_dir():
-            problems.append(f"{ann_dir}: missing (expected annotations/{split}/*.png)")
-        if not (img_dir.is_dir() and ann_dir.is_dir()):
-            continue
-        images = {Path(n).stem: n for n in sorted_files(img_dir)}
-        anns = {Path(n).stem: n for n in sorted_files(ann_dir)}
-        for stem, n in images.items():
-            if not n.lower().endswith(cfg["image_ext"]):
-                problems.append(f"{img_dir / n}: unexpected file (expected {cfg['image_ext']} images)")
-            elif stem not in anns:
-                problems.append(f"{img_dir / n}: no label map {ann_dir / (stem + cfg['annotation_ext'])}")
-        for stem, n in anns.items():
-            if not n.lower().endswith(cfg["annotation_ext"]):
-                problems.append(f"{ann_dir / n}: unexpected file (expected {cfg['annotation_ext']} label maps)")
-            elif stem not in images:
-                problems.append(f"{ann_dir / n}: label map without an image in {img_dir}")
-        if not images:
-            problems.append(f"{img_dir}: no images")
-        for stem in progress(sorted(set(images) & set(anns)), desc=f"check ade20k {split}", unit="img"):
-            img_path, ann_path = img_dir / images[stem], ann_dir / anns[stem]
-            try:
-                with Image.open(img_path) as im:
-                    size = im.size
-            except Exception as e:  # noqa: BLE001
-                problems.append(f"{img_path}: cannot be read as an image ({type(e).__name__}: {e})")
-                continue
-            try:
-                with Image.open(ann_path) as im:
-                    mode, asize = im.mode, im.size
-                    label = np.array(im)
-            except Exception as e:  # noqa: BLE001
-                problems.append(f"{ann_path}: cannot be read as a PNG ({type(e).__name__}: {e})")
-                continue
-            if mode not in ("L", "P"):
-                problems.append(f"{ann_path}: mode {mode}, expected a single-channel label map (L)")
-                continue
-            if asize != size:
-                problems.append(f"{ann_path}: size {asize[0]}x{asize[1]} differs from the image's "
-                                f"{size[0]}x{size[1]}")
-            top = int(label.max()) if label.size else 0
-            if top > k:
-                bad = sorted(int(v) for v in np.unique(label[label > k]))
-                problems.append(f"{ann_path}: label values {bad[:5]} exceed {k} (0 = other, 1..{k} = classes)")
+    for split in fmt_config("ade20k")["splits"]:
+        check_split(root, split, problems)
     return problems
+
+
+def check_split(root: Path, split: str, problems: list[str], *, decode_images: bool = True) -> None:
+    """The checks of ``check_ade20k`` for one split; ``decode_images=False`` reads only the images' headers
+    (their size), leaving decoding to the loader, while every label map is read whole."""
+    cfg = fmt_config("ade20k")
+    k = num_classes(root)
+    img_dir, ann_dir = root / "images" / split, root / "annotations" / split
+    if not img_dir.is_dir():
+        problems.append(f"{img_dir}: missing (expected images/{split}/*.jpg)")
+    if not ann_dir.is_dir():
+        problems.append(f"{ann_dir}: missing (expected annotations/{split}/*.png)")
+    if not (img_dir.is_dir() and ann_dir.is_dir()):
+        return
+    images = {Path(n).stem: n for n in sorted_files(img_dir)}
+    anns = {Path(n).stem: n for n in sorted_files(ann_dir)}
+    for stem, n in images.items():
+        if not n.lower().endswith(cfg["image_ext"]):
+            problems.append(f"{img_dir / n}: unexpected file (expected {cfg['image_ext']} images)")
+        elif stem not in anns:
+            problems.append(f"{img_dir / n}: no label map {ann_dir / (stem + cfg['annotation_ext'])}")
+    for stem, n in anns.items():
+        if not n.lower().endswith(cfg["annotation_ext"]):
+            problems.append(f"{ann_dir / n}: unexpected file (expected {cfg['annotation_ext']} label maps)")
+        elif stem not in images:
+            problems.append(f"{ann_dir / n}: label map without an image in {img_dir}")
+    if not images:
+        problems.append(f"{img_dir}: no images")
+    for stem in progress(sorted(set(images) & set(anns)), desc=f"check ade20k {split}", unit="img"):
+        img_path, ann_path = img_dir / images[stem], ann_dir / anns[stem]
+        try:
+            with Image.open(img_path) as im:
+                size = im.size
+                if decode_images:
+                    im.load()
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"{img_path}: cannot be read as an image ({type(e).__name__}: {e})")
+            continue
+        try:
+            with Image.open(ann_path) as im:
+                mode, asize = im.mode, im.size
+                label = np.array(im)
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"{ann_path}: cannot be read as a PNG ({type(e).__name__}: {e})")
+            continue
+        if mode not in ("L", "P"):
+            problems.append(f"{ann_path}: mode {mode}, expected a single-channel label map (L)")
+            continue
+        if asize != size:
+            problems.append(f"{ann_path}: size {asize[0]}x{asize[1]} differs from the image's "
+                            f"{size[0]}x{size[1]}")
+        top = int(label.max()) if label.size else 0
+        if top > k:
+            bad = sorted(int(v) for v in np.unique(label[label > k]))
+            problems.append(f"{ann_path}: label values {bad[:5]} exceed {k} (0 = other, 1..{k} = classes)")

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError
 from ..progress import progress
-from .common import embedded_set, fmt_config, load_json, sorted_subdirs
+from .common import embedded_set, first_problems, fmt_config, load_json, sorted_subdirs
 from .imagefolder import load_rgb, to_float_tensor
 
 # ------------------------------------------------------------------------------------------------ layout
@@ -113,11 +113,16 @@ class InstanceDataset(Dataset):
         self.ann_file = Path(ann_file)
         self.transforms = transforms
         self.with_masks = with_masks
-        data = load_json(self.ann_file)
-        for key in fmt_config("lvis" if self.lvis else "coco")["required_keys"]:
-            if not isinstance(data, dict) or key not in data:
-                raise UserError(f"{self.ann_file}: no '{key}' list (not a {'LVIS' if self.lvis else 'COCO'} JSON); "
-                                f"run `ssl-bench data check` for details")
+        # Refused before any training or scoring: every problem `ssl-bench data check` reports, image
+        # decoding aside (the loader names an undecodable file). The reference toolkits are lenient
+        # with some of them -- pycocotools indexes an annotation of an unknown image id and COCOeval
+        # never scores it; mmdet's CocoDataset drops boxes under 1 pixel wide or high; detectron2
+        # asserts on an unknown category -- so a number computed past them depends on the toolkit.
+        # Our rule: the annotation file is broken, refuse it, name the first problem and count the rest.
+        problems: list[str] = []
+        data = check_instances_json(self.ann_file, self.image_root, problems, lvis=self.lvis, decode=False)
+        if problems:
+            raise UserError(first_problems(problems))
         self.categories = sorted(data["categories"], key=lambda c: c["id"])
         self.cat_ids = [c["id"] for c in self.categories]
         self.cat_id_to_label = {cid: i + 1 for i, cid in enumerate(self.cat_ids)}
@@ -271,8 +276,9 @@ def _has_new_id(entry, where: str, seen, kind: str, problems: list[str]) -> bool
 
 
 def check_instances_json(path: Path, image_root: Path, problems: list[str], *, lvis: bool = False,
-                         check_files: bool = True) -> dict | None:
-    """Validate one COCO (or LVIS) JSON and the image files it names; appends problems, returns the data."""
+                         check_files: bool = True, decode: bool = True) -> dict | None:
+    """Validate one COCO (or LVIS) JSON and the image files it names; appends problems, returns the data.
+    ``decode=False`` checks that each image file exists but leaves decoding to the loader."""
     data = load_json(path, problems)
     if data is None:
         return None
@@ -327,7 +333,10 @@ def check_instances_json(path: Path, image_root: Path, problems: list[str], *, l
                 problems.append(f"{where}.file_name: missing or not a string")
                 continue
             rel = img["file_name"]
-        if check_files:
+        if check_files and not decode:
+            if not (image_root / rel).is_file():
+                problems.append(f"{where}: image file {image_root / rel} does not exist")
+        elif check_files:
             f = image_root / rel
             try:
                 with Image.open(f) as im:

@@ -16,7 +16,8 @@ from PIL import Image
 
 from ..errors import UserError
 from ..progress import progress
-from .common import fmt_config, sorted_files, sorted_subdirs
+from .common import first_problems, fmt_config, sorted_files, sorted_subdirs
+from .imagefolder import load_rgb
 
 VOID = 255
 
@@ -72,8 +73,7 @@ class DavisSequence:
         return len(self.frames)
 
     def read_frame(self, t: int) -> Image.Image:
-        with Image.open(self.frames[t]) as im:
-            return im.convert("RGB")
+        return load_rgb(self.frames[t])
 
     def read_mask(self, t: int) -> np.ndarray:
         """Index map of frame ``t`` (ground truth; DAVIS val has every frame annotated)."""
@@ -91,6 +91,13 @@ class DavisSequences:
         self.root = Path(root)
         self.split = split
         self.resolution = resolution or cfg["resolution"]
+        # Refused before any propagation, like `ssl-bench data check`: a mask of another size or mode than
+        # its frames, a missing first-frame mask, a listed sequence without folders. The DAVIS tooling
+        # (davis2017-evaluation) asserts on such a sequence mid-run; our rule: name the first problem
+        # and count the rest, before any work.
+        problems = check_davis(self.root) if self.resolution == cfg["resolution"] else []
+        if problems:
+            raise UserError(first_problems(problems))
         list_file = self.root / cfg["image_sets"] / f"{split}.txt"
         if not list_file.is_file():
             raise UserError(f"{list_file}: missing (expected one sequence name per line)")

@@ -43,10 +43,14 @@ from .common import (embedded_set, first_problems, fmt_config, is_image_file, is
 def load_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
     """Decode an image to RGB. With ``draft_size``, a JPEG is decoded at the smallest DCT scale (1/2, 1/4,
     1/8) that still keeps both sides >= ``draft_size``: much faster when the transform shrinks it anyway."""
-    with Image.open(path) as im:
-        if draft_size and im.format == "JPEG":
-            im.draft("RGB", (draft_size, draft_size))
-        return im.convert("RGB")
+    try:
+        with Image.open(path) as im:
+            if draft_size and im.format == "JPEG":
+                im.draft("RGB", (draft_size, draft_size))
+            return im.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # PIL's decode failures
+        raise UserError(f"{path}: cannot be read as an image ({type(err).__name__}: {err}); replace or remove "
+                        "it (`ssl-bench data check` lists every such file)") from None
 
 
 def to_float_tensor(img: Image.Image) -> torch.Tensor:
@@ -112,7 +116,10 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, i: int):
         path, label = self.samples[i]
-        img = load_rgb(path, self.draft_size)
+        try:
+            img = load_rgb(path, self.draft_size)
+        except UserError as err:
+            raise UserError(f"{err} [sample {i} of {self.root}]") from None
         img = self.transform(img) if self.transform is not None else to_float_tensor(img)
         return img, label
 

@@ -14,7 +14,7 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes, check_writable, remove_stale_temporaries
 from ..checkpoints import save_checkpoint
 from ..distributed import init_distributed, pick_device, reduce_mean
 from ..errors import UserError
@@ -87,9 +87,11 @@ def _diff_keys(a, b, prefix=""):
 def _train(recipe: dict, run: Path, device: torch.device, world: int, rank: int) -> Path:
     main = rank == 0
     if main:
+        check_writable(run, "run folder")
         _check_run_folder(run, recipe)
         run.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(run / "recipe.yaml", dump(recipe).encode())
+        for path in remove_stale_temporaries(run):
+            log(f"removed the stale temporary {path} of an interrupted write")
     method = build_method(recipe).to(device)
     images = training_images(recipe, method.transform())
     d = recipe["data"]
@@ -207,6 +209,8 @@ def _save(run, method, optimizer, step, epoch, recipe, world, main) -> None:
     else:
         gathered = [state]
     if main:
+        if not (run / "recipe.yaml").is_file():  # with the first state: a run that fails before has no files
+            atomic_write_bytes(run / "recipe.yaml", dump(recipe).encode())
         save_state(run, method, optimizer, step, epoch, gathered, recipe)
     if world > 1:
         dist.barrier()

@@ -113,8 +113,10 @@ def read_foreign(path: Path) -> dict:
         first = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported content"
         raise UserError(f"{path}: refused to unpickle a foreign checkpoint ({first}); only tensors and "
                         "allow-listed types load; re-save its state_dict with torch.save") from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise UserError(f"{path}: unreadable torch checkpoint ({err})") from None
+    except Exception as err:  # noqa: BLE001 - the restricted unpickler fails on garbage in many ways
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{path}: unreadable torch checkpoint ({type(err).__name__}: {first}); is it a file "
+                        "written by torch.save?") from None
     if not isinstance(obj, dict):
         raise UserError(f"{path}: holds a {type(obj).__name__}, not a dict of tensors; save a state_dict")
     return obj
