@@ -41,3 +41,17 @@ def test_warmup_then_poly():
     assert lr_factor(5, sched(1.0), 100) == pytest.approx((1 - 0.05) * (1e-6 + (1 - 1e-6) * 0.5))
     assert lr_factor(10, sched(1.0), 100) == pytest.approx(0.9)
     assert lr_factor(75, sched(2.0), 100) == pytest.approx(0.25 ** 2)
+
+
+def test_fraction_of_an_epoch_runs_whole_steps():
+    """optim.epochs 1.5 at 156 iterations per epoch: 234 steps, and the cosine ends at step 234."""
+    from ssl_bench.engine.step import Schedules
+
+    optim = {"lr": 1.0, "min_lr": 0.0, "start_lr": 0.0, "warmup_epochs": 0.5, "epochs": 1.5, "ipe_scale": 1.0,
+             "step_offset": 0, "warmup_endpoint": False, "weight_decay": 0.05, "final_weight_decay": 0.05}
+    ema = {"schedule": "cosine", "start": 0.99, "end": 1.0, "ipe_scale": 1.0}
+    sched = Schedules({"optim": optim, "ema": ema}, ipe=156)
+    assert sched.total == 234 and isinstance(sched.total, int)
+    assert sched.lr(39) == pytest.approx(39 / 78)  # warmup: int(0.5 x 156) = 78 steps
+    assert sched.lr(156) == pytest.approx(0.5 * (1 + math.cos(math.pi * 78 / 156)))  # half-way through the cosine
+    assert sched.momentum(117) == pytest.approx(0.995)  # half of 234

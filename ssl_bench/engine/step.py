@@ -28,7 +28,8 @@ class Schedules:
     def __init__(self, recipe: dict, ipe: int):
         o = recipe["optim"]
         self.optim, self.ema = o, recipe["ema"]
-        self.total = o["epochs"] * ipe
+        # a fraction of an epoch is allowed: the run is int(epochs x ipe) steps, the schedules span it
+        self.total = int(o["epochs"] * ipe)
         self.horizon = int(o["ipe_scale"] * o["epochs"] * ipe)
         self.warmup = int(o["warmup_epochs"] * ipe)
 
