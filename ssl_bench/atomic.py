@@ -33,13 +33,13 @@ _STORAGE_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "d
                    errno.EEXIST: "a file is in the way of a folder", errno.EISDIR: "is a folder, not a file"}
 
 
-def storage_error(path: Path, err: OSError) -> UserError | None:
+def storage_error(path: Path, err: OSError, problem: str = "cannot write",
+                  what: str = "output folder") -> UserError | None:
     """A one-line ``UserError`` for a storage failure while writing ``path`` (None for other errors)."""
     reason = _STORAGE_ERRORS.get(err.errno)
     if reason is None:
         return None
-    return UserError(f"{path}: cannot write ({reason}); free space, fix the permissions or choose another "
-                     "output folder")
+    return UserError(f"{path}: {problem} ({reason}); free space, fix the permissions or choose another {what}")
 
 
 def _make_folder(folder: Path) -> None:
@@ -107,9 +107,9 @@ def check_writable(folder: Path, what: str = "output folder") -> None:
             handle.flush()
             os.fsync(handle.fileno())
     except OSError as err:
-        reason = _STORAGE_ERRORS.get(err.errno, err.strerror)
-        raise UserError(f"{folder}: the {what} is not writable ({reason}); free space, fix the permissions "
-                        "or choose another folder") from None
+        error = storage_error(folder, err, f"the {what} is not writable", "folder")
+        raise (error or UserError(f"{folder}: the {what} is not writable ({err.strerror}); choose another "
+                                  "folder")) from None
     finally:
         probe.unlink(missing_ok=True)
 

@@ -7,6 +7,7 @@ sharing it through ``EvalContext.shared`` in memory (and the on-disk feature cac
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -61,6 +62,15 @@ def evaluate_many(recipes: dict[str, Path | None], checkpoint: str, data: Path, 
     return {name: session.run(name, recipe) for name, recipe in resolved.items()}
 
 
+@functools.cache
+def _prepare_store(results_dir: Path) -> None:
+    """Once per process and store (the demo opens one ``Evaluation`` per checkpoint): probe that it is
+    writable, and remove the temporaries of writers that died."""
+    check_writable(results_dir, "results store")
+    for path in remove_stale_temporaries(results_dir):
+        log(f"removed the stale temporary {path} of an interrupted write")
+
+
 class Evaluation:
     """One checkpoint, loaded once, evaluated with any number of protocols; they share the
     dataset manifests and the features they extract (``EvalContext.shared``)."""
@@ -70,9 +80,7 @@ class Evaluation:
         if not self.data.exists():
             raise UserError(f"--data {data}: no such folder; give a dataset root or a tree made by "
                             "'ssl-bench data prepare'")
-        check_writable(results_dir, "results store")
-        for path in remove_stale_temporaries(results_dir):
-            log(f"removed the stale temporary {path} of an interrupted write")
+        _prepare_store(Path(results_dir).absolute())
         self.spec = checkpoint
         self.checkpoint: Checkpoint = load_spec(checkpoint)
         self.results_dir = Path(results_dir)
