@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from ssl_bench.engine.step import Schedules
 from ssl_bench.schedules import lr_factor, momentum_at, poly_factor, warmup_cosine, warmup_factor
 
 
@@ -44,9 +45,7 @@ def test_warmup_then_poly():
 
 
 def test_fraction_of_an_epoch_runs_whole_steps():
-    """optim.epochs 1.5 at 156 iterations per epoch: 234 steps, and the cosine ends at step 234."""
-    from ssl_bench.engine.step import Schedules
-
+    """optim.epochs 1.5 at 156 iterations per epoch: 234 whole steps, over which the schedules run."""
     optim = {"lr": 1.0, "min_lr": 0.0, "start_lr": 0.0, "warmup_epochs": 0.5, "epochs": 1.5, "ipe_scale": 1.0,
              "step_offset": 0, "warmup_endpoint": False, "weight_decay": 0.05, "final_weight_decay": 0.05}
     ema = {"schedule": "cosine", "start": 0.99, "end": 1.0, "ipe_scale": 1.0}
