@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -82,6 +84,27 @@ def test_finetune_tiny_run_saves_best_classifier(tmp_path):
     np.testing.assert_array_equal(records["top1"]["per_sample"], correct.astype(np.float32))
     assert records["top1"]["per_sample"].mean() * 100 == pytest.approx(records["top1"]["value"])
     assert records["top1_last"]["per_sample"].mean() * 100 == pytest.approx(records["top1_last"]["value"])
+
+
+def test_fraction_of_an_epoch_fine_tunes_whole_steps_on_the_mae_schedule(tmp_path, monkeypatch):
+    tree = make_imagefolder(tmp_path / "data", classes=3, train=4, val=2)  # 12 training images
+    ctx = context(tree, tmp_path / "results", "finetune", epochs=0.5, train_batch_size=2,
+                  schedule={"warmup_epochs": 0.25})
+    head_lrs = []
+    step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        head_lrs.append(max(g["lr"] for g in self.param_groups))  # the head's group: layer-decay scale 1
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    records = {r["metric"]: r for r in FineTune().run(ctx)}
+    # 6 iterations per epoch: half an epoch is 3 optimiser steps, 1.5 of them warmup. MAE util/lr_sched.py
+    # per iteration: lr x t / warmup, then min_lr + (lr - min_lr) / 2 x (1 + cos(pi (t - warmup) / (total - warmup)))
+    lr, min_lr = 5e-4 * 2 / 256, 1e-6
+    expected = [0.0, lr / 1.5, min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * 0.5 / 1.5))]
+    assert head_lrs == pytest.approx(expected)
+    assert records["top1"]["epochs"] == 0.5 and records["top1"]["n_train"] == 12
 
 
 def test_randaugment_posterize_at_full_magnitude_runs():

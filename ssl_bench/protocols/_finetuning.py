@@ -25,6 +25,8 @@ with the checkpoint's encoder weights, so the fine-tuned result is a plain timm 
 from __future__ import annotations
 
 import copy
+import itertools
+import math
 
 import timm
 import torch
@@ -286,7 +288,7 @@ def run_finetuning(ctx, recipe: dict, *, protocol: str, data, train_dataset, mod
     # torch / python / numpy generators: all three seeded, per rank
     seed_everything(int(recipe["seed"]) + rank)
     sched, optim = recipe["schedule"], recipe["optim"]
-    epochs, batch = int(recipe["epochs"]), int(recipe["train_batch_size"])
+    epochs, batch = float(recipe["epochs"]), int(recipe["train_batch_size"])
     if batch % world:
         raise UserError(f"recipe key 'train_batch_size': {batch} does not split over {world} processes")
     per_rank = batch // world
@@ -321,15 +323,20 @@ def run_finetuning(ctx, recipe: dict, *, protocol: str, data, train_dataset, mod
     val_set = _Shard(data.val, rank, world) if world > 1 else data.val
     val_loader = make_loader(val_set, int(recipe["batch_size"]), workers=workers)
     ipe = max(1, len(loader))
-    total, warmup = epochs * ipe, float(sched["warmup_epochs"]) * ipe
+    # a fraction of an epoch runs whole steps, as in pretraining (Schedules): the last epoch stops early
+    total, warmup = int(epochs * ipe), float(sched["warmup_epochs"]) * ipe
+    if total < 1:
+        raise UserError(f"recipe key 'epochs': {epochs:g} epochs of {ipe} iterations is no whole step; raise it")
     clip = recipe["optim"]["clip_grad"]
     history = []
     best = (-1.0, None, None)  # (top1, epoch, state)
-    for epoch in progress(range(epochs), desc=protocol, unit="epoch"):
+    for epoch in progress(range(math.ceil(total / ipe)), desc=protocol, unit="epoch"):
         net.train()
         if sampler is not None:
             sampler.set_epoch(epoch)
-        for i, (images, labels) in enumerate(progress(loader, desc=f"epoch {epoch + 1}", unit="batch")):
+        steps = min(ipe, total - epoch * ipe)
+        for i, (images, labels) in enumerate(progress(itertools.islice(loader, steps), desc=f"epoch {epoch + 1}",
+                                                      unit="batch", total=steps)):
             step = epoch * ipe + (i if sched["per_iteration"] else 0)
             for group in opt.param_groups:
                 group["lr"] = warmup_cosine(step, base=group["base_lr"], final=group["min_lr"],
@@ -357,7 +364,7 @@ def run_finetuning(ctx, recipe: dict, *, protocol: str, data, train_dataset, mod
             best = (top1, epoch, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
                     if recipe["save_classifier"] and rank == 0 else None)
     top1_max, best_epoch = best[0], best[1]
-    log(f"{protocol}: top-1 {top1_max:.2f} at epoch {best_epoch + 1} of {epochs}")
+    log(f"{protocol}: top-1 {top1_max:.2f} at epoch {best_epoch + 1} of {epochs:g}")
     if recipe["save_classifier"] and rank == 0:
         model.load_state_dict(best[2])
         save_classifier(ctx.results_dir, ctx.checkpoint.sha256, protocol, model.cpu(), {
@@ -366,7 +373,7 @@ def run_finetuning(ctx, recipe: dict, *, protocol: str, data, train_dataset, mod
             "feature_spec": spec.as_dict(), "transform": recipe["transform"], "epoch": best_epoch + 1,
             "top1": top1_max, "dataset": data.name})
     last1 = history[-1][0]
-    info = {"epochs": epochs, "best_epoch": best_epoch + 1, "n_train": len(train_dataset), "n_val": n_val,
+    info = {"epochs": recipe["epochs"], "best_epoch": best_epoch + 1, "n_train": len(train_dataset), "n_val": n_val,
             "world_size": world, **(extra or {})}
     best_hits, last_hits = history[best_epoch][2].numpy(), history[-1][2].numpy()
     return records_for(data.name, {"top1": top1_max, "top5": history[best_epoch][1], "top1_last": last1},
