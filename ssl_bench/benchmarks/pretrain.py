@@ -9,15 +9,17 @@ hits both alike:
 - **ideal**: fresh timm encoders of the same architecture doing exactly the encoder work of
   that step: forward + backward of the online encoder over the inputs it saw (same images,
   same kept or masked tokens) with a mean loss, plus a no-grad forward of the teacher encoder
-  over the inputs the teacher saw (EMA methods). It leaves out the heads, projectors and
-  decoders, the loss, the optimiser and the EMA: their share is ``method / ideal`` - 1. The
-  heads' own cost is shown as FLOPs (``torch.utils.flop_counter``): the step's against the
-  ideal's.
+  over the inputs the teacher saw (EMA methods), plus copies of the heads the method is defined
+  with (``Method.essential_heads``: ConMIM's projector, SiameseIM's decoder) run on the inputs they
+  saw, with gradients where the method had them. It leaves out the other heads, the loss, the
+  optimiser, the EMA and the glue between modules: their share is ``method / ideal`` - 1, and
+  their FLOPs (``torch.utils.flop_counter``) are shown as the step's against the ideal's.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from pathlib import Path
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from ..backbones import Backbone
 from ..distributed import pick_device
@@ -98,12 +101,26 @@ def run(args: argparse.Namespace) -> int:
 
         backbone.tokens, backbone.features = spy_tokens, spy_features
 
+    # what the heads the method is defined with see: (module, inputs, with gradients) per call
+    head_calls = []
+
+    def spy_head(module, inputs, _output):
+        grad = torch.is_grad_enabled()
+        head_calls.append((module, tuple(x.detach().requires_grad_(grad and x.is_floating_point())
+                                         for x in inputs), grad))
+
+    hooks = [part.register_forward_hook(spy_head) for name in method.essential_heads
+             for part in _callable_parts(getattr(method, name))]
+
     def method_step():
         train_step(batch, 0)  # the engine's step; the schedules held at their first values
 
     method_step()
     for backbone in backbones:
         del backbone.tokens, backbone.features  # the instance attributes: the methods again
+    for hook in hooks:
+        hook.remove()
+    head_copies = {id(module): copy.deepcopy(module).train() for module, _, _ in head_calls}
     if not online:
         raise UserError(f"method {recipe['method']}: its online encoder was not called through "
                         "Backbone.tokens or Backbone.features; nothing to compare with")
@@ -125,13 +142,24 @@ def run(args: argparse.Namespace) -> int:
             total = total + out.float().mean()
         return total
 
+    def heads():
+        total = 0.0
+        for module, inputs, grad in head_calls:
+            with torch.set_grad_enabled(grad):
+                out = head_copies[id(module)](*inputs)
+            if grad:
+                total = total + out.float().mean()
+        return total
+
     def ideal_step():
         bare.zero_grad(set_to_none=True)
+        for module in head_copies.values():
+            module.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
             if teacher:
                 with torch.no_grad():
                     encode(bare_teacher, teacher)
-            total = encode(bare, online)
+            total = encode(bare, online) + heads()
         total.backward()
 
     t_method, t_ideal = _interleaved(method_step, ideal_step, args.steps, args.warmup, device)
@@ -139,9 +167,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"method\t{recipe['method']}")
     print(f"setting\t{arch['arch']}, batch {batch_size}, {recipe['precision']}, {device}, "
           f"{torch.get_num_threads()} threads")
+    names = ", ".join(method.essential_heads)
     print(f"ideal includes\tonline encoder fwd+bwd over the tokens it saw"
           + (" + teacher encoder forward (no grad)" if teacher else " (no teacher)")
-          + "; not heads/projector/decoder, loss, optimiser, EMA")
+          + (f" + the method's own heads ({names}; fwd+bwd where the method had gradients)" if names else "")
+          + "; not " + ("the other heads, " if not names else "") + "loss, optimiser, EMA, glue")
     for name, calls in (("online", online), ("teacher", teacher)):
         if not calls:
             continue
@@ -152,12 +182,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name} tokens/step\t{tokens}")
         else:
             print(f"{name} encoder images/step\t{sum(int(images.shape[0]) for images, _, _ in calls)}")
-    print(f"method img/s\t{batch_size / t_method:.1f}\t(full training step, median of {args.steps})")
-    print(f"ideal img/s\t{batch_size / t_ideal:.1f}\t(encoders only, interleaved with the method)")
-    print(f"GFLOPs/step\t{flops_method / 1e9:.2f}\t(method; ideal {flops_ideal / 1e9:.2f}: heads, projector, "
-          f"decoder and loss add {100 * (flops_method / flops_ideal - 1):.0f}%)")
+    if head_calls:
+        with_grad = sum(grad for _, _, grad in head_calls)
+        print(f"head calls/step\t{with_grad}\t(with gradients; {len(head_calls) - with_grad} without)")
+    print(f"method img/s\t{batch_size / t_method:.4g}\t(full training step, median of {args.steps})")
+    print(f"ideal img/s\t{batch_size / t_ideal:.4g}\t(the ideal step above, interleaved with the method)")
+    print(f"GFLOPs/step\t{flops_method / 1e9:.2f}\t(method; ideal {flops_ideal / 1e9:.2f}: what the ideal "
+          f"leaves out adds {100 * (flops_method / flops_ideal - 1):.0f}%)")
     print(f"ratio\t{t_method / t_ideal:.3f}\t(method time / ideal time)")
     return 0
+
+
+def _callable_parts(module: nn.Module) -> list[nn.Module]:
+    """The modules a method calls: a ModuleList's blocks (called one by one), else the module."""
+    return list(module) if isinstance(module, nn.ModuleList) else [module]
 
 
 def _interleaved(first, second, steps: int, warmup: int, device) -> tuple[float, float]:

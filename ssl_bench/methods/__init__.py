@@ -39,6 +39,9 @@ class Method(nn.Module):
     name = "method"
     #: parameter names (exact, on the method) that never get weight decay, beyond the default rule
     no_decay_names: tuple[str, ...] = ()
+    #: attribute names of the heads the method is defined with (a projector, a decoder): work it cannot
+    #: avoid, so ``ssl-bench bench pretrain`` counts their forward (and backward) in its ideal step
+    essential_heads: tuple[str, ...] = ()
 
     def __init__(self, recipe: dict):
         super().__init__()

@@ -104,6 +104,7 @@ class ConMIM(Method):
     name = "conmim"
     # BEiT/ConMIM ``no_weight_decay()``: pos_embed and cls_token (mask_token IS decayed there)
     no_decay_names = ("backbone.model.pos_embed", "backbone.model.cls_token")
+    essential_heads = ("projector", "teacher_projector")  # the paper's projection of every token (Sec. 3)
 
     def __init__(self, recipe: dict):
         super().__init__(recipe)

@@ -196,6 +196,9 @@ class SiameseIMTransform:
 class SiameseIM(Method):
     name = "siameseim"
     sync_batchnorm = True  # main_pretrain.py: convert_sync_batchnorm under distributed training (GPU only)
+    # the paper's decoder (Fig. 2): projector and predictor blocks with their embeddings, online and target
+    essential_heads = ("decoder_embed", "projector", "predictor", "decoder_pos_mlp", "decoder_pred",
+                       "target_decoder_embed", "target_projector")
 
     def __init__(self, recipe: dict):
         super().__init__(recipe)
