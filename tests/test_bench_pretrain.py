@@ -1,12 +1,19 @@
 """`ssl-bench bench pretrain --method NAME` runs for every method and counts what the online
-encoder saw in one step."""
+encoder saw in one step; `--against lightly` without lightly (or without a module lightly
+imports) fails with one line naming the fix."""
 
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
+from ssl_bench.benchmarks._lightly_msn import build_lightly_step
+from ssl_bench.benchmarks.pretrain import _batch
 from ssl_bench.cli import main
 from ssl_bench.engine import resolve_recipe
+from ssl_bench.engine.recipe import build_method
 from ssl_bench.methods import METHODS
 
 
@@ -39,3 +46,108 @@ def test_bench_pretrain_every_method(method, capsys):
         assert "head calls/step\t1\t(with gradients; 1 without)" in out
     if method in ("msn", "mmc", "mscn"):
         assert "head calls/step" not in table
+
+
+LIGHTLY_ARGS = ["--quiet", "bench", "pretrain", "--method", "msn", "--against", "lightly", "--steps", "1",
+                "--warmup", "0", "--batch-size", "4", "--device", "cpu"]
+
+
+def _forget_lightly(monkeypatch):
+    """Drop any imported lightly module, so the next import runs the import system again."""
+    for name in [n for n in sys.modules if n == "lightly" or n.startswith("lightly.")]:
+        monkeypatch.delitem(sys.modules, name)
+
+
+def test_bench_pretrain_against_lightly_without_lightly(monkeypatch, capsys):
+    _forget_lightly(monkeypatch)
+    monkeypatch.setitem(sys.modules, "lightly", None)  # `import lightly` raises ModuleNotFoundError
+    assert main(LIGHTLY_ARGS) == 2
+    assert capsys.readouterr().err.strip() == (
+        "ssl-bench: error: --against lightly: lightly is not installed; pip install --no-deps lightly==1.6.0")
+
+
+def test_bench_pretrain_against_lightly_names_a_missing_dependency(monkeypatch, tmp_path, capsys):
+    # a lightly whose package import needs a module that is not installed (--no-deps brings none)
+    (tmp_path / "lightly").mkdir()
+    (tmp_path / "lightly" / "__init__.py").write_text("import absent_dependency_of_lightly\n")
+    _forget_lightly(monkeypatch)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(LIGHTLY_ARGS) == 2
+    assert capsys.readouterr().err.strip() == (
+        "ssl-bench: error: --against lightly: importing lightly needs the module 'absent_dependency_of_lightly', "
+        "which is not installed; install the package that provides it (pip install --no-deps lightly==1.6.0 "
+        "brings none of lightly's dependencies)")
+
+
+def test_bench_pretrain_against_lightly_is_for_msn_only(capsys):
+    args = [a if a != "msn" else "conmim" for a in LIGHTLY_ARGS]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == (
+        "ssl-bench: error: --against lightly: only msn has a lightly counterpart here, not conmim")
+
+
+def test_bench_pretrain_against_refuses_other_baselines(capsys):
+    args = [a if a != "lightly" else "solo-learn" for a in LIGHTLY_ARGS]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert "argument --against: invalid choice: 'solo-learn'" in capsys.readouterr().err
+
+
+class _Recorder:
+    """A stand-in for lightly's MSN parts that records what the bench's lightly step gives them."""
+
+    def __init__(self):
+        self.encoder_calls, self.loss_calls, self.momentum_calls, self.loss_settings = [], [], [], {}
+        recorder = self
+
+        class MaskedVisionTransformerTIMM(torch.nn.Module):
+            def __init__(self, vit, **settings):
+                super().__init__()
+                self.vit, recorder.encoder_settings = vit, settings
+
+            def forward(self, images, idx_keep=None):
+                recorder.encoder_calls.append((images, idx_keep, torch.is_grad_enabled()))
+                return self.vit(images)
+
+        class MSNLoss:
+            def __init__(self, **settings):
+                recorder.loss_settings = settings
+
+            def __call__(self, anchors, targets, prototypes, target_sharpen_temperature):
+                recorder.loss_calls.append((anchors.shape, targets.shape, target_sharpen_temperature))
+                return anchors.float().mean() + prototypes.mean()
+
+        def deactivate_requires_grad(module):
+            module.requires_grad_(False)
+
+        self.lightly = SimpleNamespace(
+            version="recorder", MaskedVisionTransformerTIMM=MaskedVisionTransformerTIMM, MSNLoss=MSNLoss,
+            MSNProjectionHead=lambda d_in, hidden, out: torch.nn.Sequential(torch.nn.Linear(d_in, hidden),
+                                                                          torch.nn.Linear(hidden, out)),
+            deactivate_requires_grad=deactivate_requires_grad,
+            update_momentum=lambda online, target, m: self.momentum_calls.append(m))
+
+
+def test_lightly_step_sees_our_views_and_recipe():
+    recipe = resolve_recipe(Path("pretrain/msn_tiny.yaml"), ["data.batch_size=2"])
+    batch = _batch(build_method(recipe), 2, 96, torch.device("cpu"))
+    recorder = _Recorder()
+    step, model = build_lightly_step(recorder.lightly, recipe, batch, torch.device("cpu"))
+    prototypes = model.prototypes.detach().clone()
+    step()
+    (anchors, keep, anchor_grad), (focal, no_keep, focal_grad), (target, _, target_grad) = recorder.encoder_calls
+    # the anchors keep CLS (token 0) and our kept patches (patch i is token i + 1), the same for both images
+    assert torch.equal(anchors, batch["anchors"][:, 0]) and anchor_grad
+    expected = [0] + [int(i) + 1 for i in batch["keep"][0]]
+    assert len(expected) == 1 + 13 and keep.tolist() == [expected, expected]
+    # focal views view-major, as our MSN flattens them; not dropped
+    assert torch.equal(focal, batch["focal"].transpose(0, 1).flatten(0, 1)) and no_keep is None and focal_grad
+    assert torch.equal(target, batch["target"]) and not target_grad
+    # msn_tiny: 4 focal + 1 anchor view per image, 256 prototypes of 256, the official loss settings
+    assert recorder.loss_calls == [(torch.Size([2 * 5, 256]), torch.Size([2, 256]), 0.25)]
+    assert recorder.loss_settings == {"temperature": 0.1, "sinkhorn_iterations": 3, "regularization_weight": 1.0}
+    assert recorder.encoder_settings == {"weight_initialization": "skip", "antialias": False,
+                                         "pos_embed_initialization": "learn"}
+    assert recorder.momentum_calls == [0.99, 0.99]  # msn_tiny ema.start, backbone and head
+    assert not torch.equal(model.prototypes, prototypes)  # trained, as ours

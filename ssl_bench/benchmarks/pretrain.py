@@ -14,6 +14,9 @@ hits both alike:
   saw, with gradients where the method had them. It leaves out the other heads, the loss, the
   optimiser, the EMA and the glue between modules: their share is ``method / ideal`` - 1, and
   their FLOPs (``torch.utils.flop_counter``) are shown as the step's against the ideal's.
+
+``--against lightly`` (MSN only) times the method's step against lightly's MSN instead, built
+from the same recipe (``ssl_bench.benchmarks._lightly_msn``), and prints ours/lightly images/s.
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ from ..engine.recipe import build_method, resolve_recipe
 from ..engine.step import Schedules, TrainStep, build_optimizer
 from ..errors import UserError
 from ..seeding import sample_seed, seeded
+from ._lightly_msn import LIGHTLY, build_lightly_step, import_lightly
 
-DESCRIPTION = "pretraining step images/s of a method and its ratio to a bare encoder fwd+bwd"
+DESCRIPTION = ("pretraining step images/s of a method and its ratio to a bare encoder fwd+bwd "
+               "(or, for msn, to lightly's MSN)")
 
 #: where the default recipe is looked for: the project's recipes, relative to the working folder
 PROJECT_RECIPES = Path("pretrain")
@@ -53,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--batch-size", type=int, help="images per step (default: the recipe's)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--against", choices=("ideal", "lightly"), default="ideal",
+                        help="time the method's step against its ideal encoder work (default), or against "
+                             f"lightly's MSN built with the same recipe (msn only; {LIGHTLY}, not a dependency)")
 
 
 def _batch(method, batch_size: int, size: int, device):
@@ -77,13 +85,60 @@ def run(args: argparse.Namespace) -> int:
     recipe = resolve_recipe(recipe_path, sets)
     if args.steps < 1:
         raise UserError(f"--steps {args.steps}: must be at least 1")
+    lightly = None
+    if args.against == "lightly":
+        if recipe["method"] != "msn":
+            raise UserError(f"--against lightly: only msn has a lightly counterpart here, not {recipe['method']}")
+        lightly = import_lightly()  # before any model is built: a missing lightly fails at once
     device = pick_device(args.device)
     method = build_method(recipe).to(device).train()
     train_step = TrainStep(method, build_optimizer(method, recipe), Schedules(recipe, ipe=1000), recipe, device)
-    batch_size = recipe["data"]["batch_size"]
     size = max(recipe["backbone"]["img_size"], recipe.get(recipe["method"], {}).get("rand_size", 0)) * 3 // 2
-    batch = _batch(method, batch_size, size, device)
-    bf16 = train_step.bf16
+    batch = _batch(method, recipe["data"]["batch_size"], size, device)
+    if lightly is not None:
+        return _against_lightly(args, recipe, train_step, batch, lightly)
+    return _against_ideal(args, recipe, train_step, batch)
+
+
+def _setting(recipe: dict, device) -> str:
+    return (f"{recipe['backbone']['arch']}, batch {recipe['data']['batch_size']}, {recipe['precision']}, {device}, "
+            f"{torch.get_num_threads()} threads")
+
+
+def _against_lightly(args, recipe: dict, train_step: TrainStep, batch: dict, lightly) -> int:
+    """Our MSN step against lightly's, built from the same recipe, interleaved."""
+    device, batch_size = train_step.device, recipe["data"]["batch_size"]
+    lightly_step, lightly_model = build_lightly_step(lightly, recipe, batch, device)
+
+    def ours():
+        train_step(batch, 0)
+
+    t_ours, t_lightly = _interleaved(ours, lightly_step, args.steps, args.warmup, device)
+    flops_ours, flops_lightly = _flops(ours), _flops(lightly_step)
+    c = recipe["msn"]
+    views = (f"1 target view and {c['rand_views']} anchor view(s) of {c['rand_size']} px "
+             f"({c['patch_drop']:g} of the patches dropped), {c['focal_views']} focal views of {c['focal_size']} px")
+    print("method\tmsn")
+    print(f"setting\t{_setting(recipe, device)}; {views}; {c['num_proto']} prototypes")
+    print("ours includes\tthe engine's TrainStep: online encoder + head on anchors and focal views, target "
+          "encoder + head (no grad), our MSN loss (fp32), non-finite check, backward, clipping, "
+          f"{recipe['optim']['name']} step, EMA update")
+    print(f"lightly includes\tlightly {lightly.version}: MaskedVisionTransformerTIMM + MSNProjectionHead on the "
+          "same views, target copies (no grad), MSNLoss (under the same autocast), backward, the same clipping "
+          f"and {recipe['optim']['name']} (our parameter groups), update_momentum of backbone and head")
+    for name, model in (("ours", train_step.method), ("lightly", lightly_model)):
+        print(f"{name} trained parameters\t{sum(p.numel() for p in model.parameters() if p.requires_grad)}")
+    print(f"ours img/s\t{batch_size / t_ours:.4g}\t(median of {args.steps}, interleaved)")
+    print(f"lightly img/s\t{batch_size / t_lightly:.4g}\t(median of {args.steps}, interleaved)")
+    print(f"GFLOPs/step\t{flops_ours / 1e9:.2f}\t(ours; lightly {flops_lightly / 1e9:.2f})")
+    print(f"ratio ours/lightly\t{t_lightly / t_ours:.3f}\t(images/s; above 1: ours is faster)")
+    return 0
+
+
+def _against_ideal(args, recipe: dict, train_step: TrainStep, batch: dict) -> int:
+    """The method's step against its ideal encoder work (module docstring), interleaved."""
+    method, device, bf16 = train_step.method, train_step.device, train_step.bf16
+    batch_size = recipe["data"]["batch_size"]
 
     # what the encoders see in one step: token calls (ViTs) or feature calls (ConvNets), with
     # gradients (online encoder) or without (the teacher)
@@ -165,8 +220,7 @@ def run(args: argparse.Namespace) -> int:
     t_method, t_ideal = _interleaved(method_step, ideal_step, args.steps, args.warmup, device)
     flops_method, flops_ideal = _flops(method_step), _flops(ideal_step)
     print(f"method\t{recipe['method']}")
-    print(f"setting\t{arch['arch']}, batch {batch_size}, {recipe['precision']}, {device}, "
-          f"{torch.get_num_threads()} threads")
+    print(f"setting\t{_setting(recipe, device)}")
     names = ", ".join(method.essential_heads)
     print(f"ideal includes\tonline encoder fwd+bwd over the tokens it saw"
           + (" + teacher encoder forward (no grad)" if teacher else " (no teacher)")
