@@ -19,7 +19,8 @@ from test_engine import make_images, torchrun_rank_weights
 from ssl_bench.engine import resolve_recipe
 from ssl_bench.engine.recipe import build_method
 from ssl_bench.methods._masks import blockwise_mask
-from ssl_bench.methods.siameseim import grid_sincos, relative_embedding, relative_positions, unigrad_loss
+from ssl_bench.methods.siameseim import (TokenBatchNorm, grid_sincos, relative_embedding, relative_positions,
+                                        unigrad_loss)
 from ssl_bench.seeding import seeded
 
 GRID = (4, 4)
@@ -250,3 +251,26 @@ def test_target_has_no_drop_path_and_conv_stem_freezes_whole(tmp_path):
         online = [method.backbone.tokens(x).prenorm for _ in range(2)]
         target = [method.target_backbone.tokens(x).prenorm for _ in range(2)]
     assert not torch.allclose(online[0], online[1]) and torch.equal(target[0], target[1])
+
+
+def test_token_batchnorm_equals_the_official_permuted_batchnorm():
+    # official PermuteBN: BatchNorm1d on the (B, C, L) permutation of (B, L, C) tokens, in float32
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 4) * torch.tensor([1.0, 2.0, 0.5, 3.0]) + torch.tensor([0.0, 1.0, -2.0, 4.0])
+    ours, official = TokenBatchNorm(4), torch.nn.BatchNorm1d(4)
+    y = ours(x)
+    expected = official(x.transpose(1, 2)).transpose(1, 2)
+    assert torch.allclose(y, expected, atol=1e-6)
+    # by hand: per channel over the 15 tokens, biased variance, eps 1e-5
+    flat = x.reshape(-1, 4)
+    assert torch.allclose(y.reshape(-1, 4), (flat - flat.mean(0)) / torch.sqrt(flat.var(0, unbiased=False) + 1e-5),
+                          atol=1e-5)
+    # running statistics: momentum 0.1 towards the mean and the unbiased variance of the 15 tokens
+    assert torch.allclose(ours.bn.running_mean, 0.1 * flat.mean(0), atol=1e-6)
+    assert torch.allclose(ours.bn.running_var, 0.9 + 0.1 * flat.var(0, unbiased=True), atol=1e-5)
+    assert torch.allclose(ours.bn.running_var, official.running_var, atol=1e-6)
+    # under bf16 autocast: statistics in float32, output in the input's bf16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = TokenBatchNorm(4)(x.bfloat16())
+    assert z.dtype == torch.bfloat16
+    assert torch.allclose(z.float(), TokenBatchNorm(4)(x.bfloat16().float()), atol=1e-2)

@@ -91,7 +91,7 @@ def build_lightly_step(lightly: SimpleNamespace, recipe: dict, batch: dict, devi
     schedules held at step 0 as in our bench step. Returns (step function, the model)."""
     c = recipe["msn"]
     model = LightlyMSN(lightly, recipe).to(device).train()
-    optimizer = build_optimizer(model, recipe)
+    optimizer = build_optimizer(model, recipe, fused=False)  # torch's default AdamW, as lightly's example builds it
     schedules = Schedules(recipe, ipe=1000)
     apply_schedules(optimizer, schedules.lr(0), schedules.weight_decay(0))
     momentum = schedules.momentum(0)

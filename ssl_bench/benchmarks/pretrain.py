@@ -36,6 +36,7 @@ from ..backbones import Backbone
 from ..distributed import pick_device
 from ..engine.data import to_device
 from ..engine.recipe import build_method, resolve_recipe
+from ..attention import attention_kernel
 from ..engine.step import Schedules, TrainStep, build_optimizer
 from ..errors import UserError
 from ..seeding import sample_seed, seeded
@@ -100,9 +101,10 @@ def run(args: argparse.Namespace) -> int:
     return _against_ideal(args, recipe, train_step, batch)
 
 
-def _setting(recipe: dict, device) -> str:
-    return (f"{recipe['backbone']['arch']}, batch {recipe['data']['batch_size']}, {recipe['precision']}, {device}, "
-            f"{torch.get_num_threads()} threads")
+def _setting(recipe: dict, train_step: TrainStep) -> str:
+    return (f"{recipe['backbone']['arch']}, batch {recipe['data']['batch_size']}, {recipe['precision']}, "
+            f"{train_step.device}, {torch.get_num_threads()} threads, attention kernel {train_step.attention}, "
+            + ("torch.compile (compiled in the warm-up steps)" if recipe["compile"] else "eager"))
 
 
 def _against_lightly(args, recipe: dict, train_step: TrainStep, batch: dict, lightly) -> int:
@@ -114,18 +116,19 @@ def _against_lightly(args, recipe: dict, train_step: TrainStep, batch: dict, lig
         train_step(batch, 0)
 
     t_ours, t_lightly = _interleaved(ours, lightly_step, args.steps, args.warmup, device)
-    flops_ours, flops_lightly = _flops(ours), _flops(lightly_step)
+    flops_ours, flops_lightly = _flops(ours, train_step), _flops(lightly_step)
     c = recipe["msn"]
     views = (f"1 target view and {c['rand_views']} anchor view(s) of {c['rand_size']} px "
              f"({c['patch_drop']:g} of the patches dropped), {c['focal_views']} focal views of {c['focal_size']} px")
     print("method\tmsn")
-    print(f"setting\t{_setting(recipe, device)}; {views}; {c['num_proto']} prototypes")
+    print(f"setting\t{_setting(recipe, train_step)}; {views}; {c['num_proto']} prototypes")
     print("ours includes\tthe engine's TrainStep: online encoder + head on anchors and focal views, target "
           "encoder + head (no grad), our MSN loss (fp32), non-finite check, backward, clipping, "
-          f"{recipe['optim']['name']} step, EMA update")
+          f"{recipe['optim']['name']} step (torch's fused kernel), EMA update")
     print(f"lightly includes\tlightly {lightly.version}: MaskedVisionTransformerTIMM + MSNProjectionHead on the "
-          "same views, target copies (no grad), MSNLoss (under the same autocast), backward, the same clipping "
-          f"and {recipe['optim']['name']} (our parameter groups), update_momentum of backbone and head")
+          "same views, target copies (no grad), MSNLoss (under the same autocast, torch's choice of attention "
+          f"kernel), backward, the same clipping and {recipe['optim']['name']} (our parameter groups, torch's "
+          "default implementation as in lightly's example), update_momentum of backbone and head")
     for name, model in (("ours", train_step.method), ("lightly", lightly_model)):
         print(f"{name} trained parameters\t{sum(p.numel() for p in model.parameters() if p.requires_grad)}")
     print(f"ours img/s\t{batch_size / t_ours:.4g}\t(median of {args.steps}, interleaved)")
@@ -210,7 +213,8 @@ def _against_ideal(args, recipe: dict, train_step: TrainStep, batch: dict) -> in
         bare.zero_grad(set_to_none=True)
         for module in head_copies.values():
             module.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+        with (torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16),
+              attention_kernel(train_step.attention)):
             if teacher:
                 with torch.no_grad():
                     encode(bare_teacher, teacher)
@@ -218,9 +222,9 @@ def _against_ideal(args, recipe: dict, train_step: TrainStep, batch: dict) -> in
         total.backward()
 
     t_method, t_ideal = _interleaved(method_step, ideal_step, args.steps, args.warmup, device)
-    flops_method, flops_ideal = _flops(method_step), _flops(ideal_step)
+    flops_method, flops_ideal = _flops(method_step, train_step), _flops(ideal_step)
     print(f"method\t{recipe['method']}")
-    print(f"setting\t{_setting(recipe, device)}")
+    print(f"setting\t{_setting(recipe, train_step)}")
     names = ", ".join(method.essential_heads)
     print(f"ideal includes\tonline encoder fwd+bwd over the tokens it saw"
           + (" + teacher encoder forward (no grad)" if teacher else " (no teacher)")
@@ -270,10 +274,18 @@ def _interleaved(first, second, steps: int, warmup: int, device) -> tuple[float,
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-def _flops(fn) -> int:
-    """Floating-point operations of one call of ``fn`` (forward and backward)."""
+def _flops(fn, train_step: TrainStep | None = None) -> int:
+    """Floating-point operations of one call of ``fn`` (forward and backward); a compiled
+    ``train_step`` is counted on its eager module (the counter cannot see into compiled code)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
-        fn()
+    compiled = train_step.model if train_step is not None else None
+    if compiled is not None:
+        train_step.model = getattr(compiled, "_orig_mod", compiled)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+    finally:
+        if compiled is not None:
+            train_step.model = compiled
     return counter.get_total_flops()

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 from timm.optim import Lars
 
+from ..attention import attention_kernel, resolve_attention
 from ..distributed import is_distributed
 from ..errors import UserError
 from ..methods import Method
@@ -62,12 +63,16 @@ def param_groups(method: Method, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(method: Method, recipe: dict) -> torch.optim.Optimizer:
+def build_optimizer(method: Method, recipe: dict, fused: bool = True) -> torch.optim.Optimizer:
+    """The recipe's optimiser over ``method``'s parameter groups. AdamW runs torch's fused kernel
+    where it exists (``fused=False``: torch's default implementation): the same update rule as the
+    per-tensor loop torch picks by default on CPU, in one pass (MSN tiny: 6.8 against 23.5 ms)."""
     o = recipe["optim"]
     groups = param_groups(method, o["weight_decay"])
     if o["name"] == "adamw":
+        fused = fused and next(method.parameters()).device.type in ("cpu", "cuda")
         return torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"],
-                                 weight_decay=o["weight_decay"])
+                                 weight_decay=o["weight_decay"], fused=fused)
     if o["name"] == "lars":
         return Lars(groups, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
                     trust_coeff=o["trust_coeff"], eps=o["eps"])
@@ -118,6 +123,10 @@ class TrainStep:
         self.method, self.model = method, model if model is not None else method
         self.optimizer, self.schedules, self.device = optimizer, schedules, device
         self.bf16 = recipe["precision"] == "bf16"
+        self.attention = resolve_attention(recipe["attention"], device, self.bf16)
+        if recipe["compile"]:
+            # the module is compiled on its first call; method keeps the plain parameters and state
+            self.model = torch.compile(self.model)
         self.clip_grad = recipe["optim"]["clip_grad"]
         self.pairs = method.ema_pairs()
 
@@ -126,7 +135,8 @@ class TrainStep:
         lr, wd = sched.lr(step), sched.weight_decay(step)
         apply_schedules(self.optimizer, lr, wd)
         self.method.step, self.method.total_steps = step, sched.total
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        with (torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16),
+              attention_kernel(self.attention)):  # the backward runs the kernel the forward chose
             loss, logs = self.model(batch)
         loss = loss.float()
         bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0], device=self.device)
@@ -138,7 +148,8 @@ class TrainStep:
         loss.backward()
         grad_norm = float("nan")
         if self.clip_grad > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(list(self.method.clip_parameters()), self.clip_grad))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(list(self.method.clip_parameters()), self.clip_grad,
+                                                             foreach=True))
         self.optimizer.step()
         momentum = sched.momentum(step)
         if self.pairs:

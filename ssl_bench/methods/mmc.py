@@ -185,6 +185,9 @@ def replace_from_other_images(masked: Tensor, clean: Tensor, mask: Tensor, repla
 @METHODS.register("mmc")
 class MMC(Method):
     name = "mmc"
+    # the paper's three MLP heads (Sec. 3): h_REC on the masked patches, h_PAT on every patch (Eq. 2),
+    # h_CLS on the class token; the teacher's copies of h_PAT and h_CLS
+    essential_heads = ("head_rec", "head_pat", "head_cls", "teacher_head_pat", "teacher_head_cls")
 
     def __init__(self, recipe: dict):
         super().__init__(recipe)
@@ -216,6 +219,12 @@ class MMC(Method):
         b, n, d = tokens.shape
         return head(tokens.reshape(b * n, d)).reshape(b, n, -1)
 
+    def _masked_reconstruction(self, patches: Tensor, mask: Tensor) -> Tensor:
+        """h_REC's pixels for the masked patches, zeros elsewhere: L_REC weighs only masked
+        patches (Eq. 1), so the head runs on those alone (its BatchNorm statistics are theirs)."""
+        pred = self.head_rec(patches[mask])
+        return pred.new_zeros(*mask.shape, pred.shape[-1]).index_put((mask,), pred)
+
     def loss(self, batch: dict):
         c, p = self.cfg, self.backbone.patch_size
         clean, masks = batch["clean"], batch["mask"].flatten(2)  # (B,2,3,S,S), (B,2,N)
@@ -237,11 +246,11 @@ class MMC(Method):
                                           batch["replace"][:, v], p)
             s = self.backbone.tokens(x)
             q_cls.append(self.head_cls(s.cls))
-            pred = self._tokens_head(self.head_rec, s.patches)
+            pred = self._masked_reconstruction(s.patches, masks[:, v])
+            q_pat = self._tokens_head(self.head_pat, s.patches)
             with torch.autocast(device_type=x.device.type, enabled=False):
                 l_rec.append(reconstruction_loss(pred.float(), patchify(clean[:, v].float(), p), masks[:, v],
                                                  c["rec_normalise"]))
-                q_pat = self._tokens_head(self.head_pat, s.patches)
                 l_pat.append(patch_info_nce(q_pat.float(), t_pat[v], c["temperature"], negatives=c["pat_negatives"],
                                             query_mask=masks[:, v] if c["pat_queries"] == "masked" else None,
                                             gather=self._gather_pat()))

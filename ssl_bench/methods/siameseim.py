@@ -134,7 +134,11 @@ def unigrad_loss(pred: Tensor, target: Tensor, neg_weight: float = 0.02, *, targ
 
 # ----- modules --------------------------------------------------------------------------------
 class TokenBatchNorm(nn.Module):
-    """BatchNorm1d over (B, L, C) tokens, in float32 (official ``PermuteBN``)."""
+    """BatchNorm1d over (B, L, C) tokens, statistics in float32 (official ``PermuteBN``).
+
+    The tokens are normalised as one (B * L, C) batch: the same per-channel statistics as the
+    official permute to (B, C, L), without its two transposed copies. The output keeps the input's
+    dtype, which is what autocast would cast it to for the linear layers that read it."""
 
     def __init__(self, dim: int, device=None, dtype=None):
         super().__init__()
@@ -142,7 +146,7 @@ class TokenBatchNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return self.bn(x.float().transpose(1, 2)).transpose(1, 2)
+            return self.bn(x.reshape(-1, x.shape[-1]).float()).reshape(x.shape).to(x.dtype)
 
 
 def blocks(depth: int, dim: int, heads: int, mlp_ratio: float, norm: str) -> nn.ModuleList:
