@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from ssl_bench.protocols.knn import knn_accuracy, knn_predict, search_topk
+from ssl_bench.protocols.knn import knn_accuracy, knn_predict, rank_classes, search_topk
 
 
 def _dino_vote_numpy(train, train_labels, test, num_classes, k, T=0.07):
@@ -110,3 +110,12 @@ def test_knn_protocol_on_imagefolder(tmp_path):
     np.testing.assert_array_equal(metrics["top5_k10"]["per_sample"], np.ones(12, np.float32))
     assert metrics["top5_k10"]["value"] == pytest.approx(100.0)  # 4 classes: top-5 always hits
     assert metrics["top1_k10"]["feature"] == "cls" and metrics["top1_k10"]["dataset"] == "imagenet"
+
+
+def test_rank_classes_best_first_ties_to_the_lower_class():
+    scores = np.array([[0.5, 2.0, 0.5, 2.0, 1.0],
+                       [0.0, 0.0, 0.0, 0.0, 0.0],
+                       [3.0, 1.0, 2.0, 1.0, 3.0]], dtype=np.float32)
+    assert rank_classes(scores, 5).tolist() == [[1, 3, 4, 0, 2], [0, 1, 2, 3, 4], [0, 4, 2, 1, 3]]
+    assert rank_classes(scores, 2).tolist() == [[1, 3], [0, 1], [0, 4]]
+    assert rank_classes(scores, 1).tolist() == [[1], [0], [0]]

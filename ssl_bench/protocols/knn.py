@@ -98,9 +98,13 @@ def vote(sims: np.ndarray, neighbours: np.ndarray, train_labels: np.ndarray, num
 
 
 def rank_classes(scores: np.ndarray, top: int) -> np.ndarray:
-    """The ``top`` best classes per row, best first; ties go to the lower class index."""
-    order = np.argsort(-scores, axis=1, kind="stable")
-    return order[:, :top]
+    """The ``top`` best classes per row, best first; ties go to the lower class index.
+
+    A stable ascending sort of the columns in reverse order, read backwards: descending scores,
+    ties in increasing class index, without a negated (n, C) copy of the scores."""
+    last = scores.shape[1] - 1
+    ascending = np.argsort(scores[:, ::-1], axis=1, kind="stable")
+    return last - ascending[:, :-top - 1:-1]
 
 
 def knn_predict(train: np.ndarray, train_labels: np.ndarray, queries: np.ndarray, num_classes: int,
