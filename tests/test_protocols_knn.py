@@ -119,3 +119,6 @@ def test_rank_classes_best_first_ties_to_the_lower_class():
     assert rank_classes(scores, 5).tolist() == [[1, 3, 4, 0, 2], [0, 1, 2, 3, 4], [0, 4, 2, 1, 3]]
     assert rank_classes(scores, 2).tolist() == [[1, 3], [0, 1], [0, 4]]
     assert rank_classes(scores, 1).tolist() == [[1], [0], [0]]
+    # more rows than one sorting block: the same order per row
+    many = np.tile(scores, (100, 1))
+    assert rank_classes(many, 3).tolist() == [[1, 3, 4], [0, 1, 2], [0, 4, 2]] * 100
