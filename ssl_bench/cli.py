@@ -26,6 +26,8 @@ from .progress import set_quiet
 
 SET_HELP = "override a recipe key, e.g. --set optim.lr=0.001 (repeatable)"
 DEVICE_HELP = "auto (CUDA if available), cpu or cuda[:N]"
+THREADS_HELP = ("threads torch computes with (default: the cores this process may use, divided among the "
+                "local ranks under torchrun, minus the command's data-loader workers; OMP_NUM_THREADS if set)")
 CHECKPOINT_HELP = ("a checkpoint folder/file of ours (ssl-bench import writes one from a foreign file), "
                    "random:ARCH, timm:NAME or foreign:ARCH:PATH (strict import, layout recognised)")
 
@@ -33,19 +35,28 @@ CHECKPOINT_HELP = ("a checkpoint folder/file of ours (ssl-bench import writes on
 @dataclass(frozen=True)
 class Command:
     """One ``ssl-bench NAME``: its one-line help, a function adding its arguments to its parser
-    (given the rest of the command line) and the runner ``run(args) -> exit code`` (None for a
-    group of sub-commands, whose parsers set their own)."""
+    (given the rest of the command line), the runner ``run(args) -> exit code`` (None for a
+    group of sub-commands, whose parsers set their own) and, where the command knows it at start,
+    ``loader_workers(args)``: the data-loader worker processes it will start (its thread count
+    leaves their cores free; results and checkpoints record the count, ``provenance.run_machine``)."""
 
     name: str
     help: str
     arguments: Callable[[argparse.ArgumentParser, list[str]], None]
     run: Callable[[argparse.Namespace], int] | None
+    loader_workers: Callable[[argparse.Namespace], int] | None = None
 
 
 def _named(argv: list[str], names) -> str | None:
-    """The first word of ``argv`` that is not an option, if it is one of ``names``."""
-    word = next((a for a in argv if not a.startswith("-")), None)
-    return word if word in names else None
+    """The first word of ``argv`` that is neither an option nor the value of ``--threads``, if it
+    is one of ``names``."""
+    words = iter(argv)
+    for word in words:
+        if word == "--threads":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word if word in names else None
+    return None
 
 
 # ----- pretrain ------------------------------------------------------------------------------------
@@ -55,6 +66,12 @@ def _pretrain_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
     p.add_argument("--out", type=Path, required=True, help="run folder (resumed if it holds a run)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_launcher_arguments(p)
+
+
+def _pretrain_workers(args: argparse.Namespace) -> int:
+    from .engine import resolve_recipe
+
+    return int(resolve_recipe(args.recipe, args.set)["data"]["num_workers"])
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -102,6 +119,14 @@ def _eval_recipes(args: argparse.Namespace) -> dict[str, Path | None]:
                             "for each")
         recipes[protocols[0]] = args.recipe
     return recipes
+
+
+def _eval_workers(args: argparse.Namespace) -> int:
+    """The most loader workers any of the protocols starts (they run one after the other)."""
+    from .evaluate import resolve_protocol_recipe
+
+    return max(int(resolve_protocol_recipe(protocol, recipe, args.set).get("num_workers", 0))
+               for protocol, recipe in _eval_recipes(args).items())
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -375,8 +400,10 @@ def _bench_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
 
 
 COMMANDS = {c.name: c for c in (
-    Command("pretrain", "pretrain a method from a recipe and write checkpoints", _pretrain_arguments, _pretrain),
-    Command("eval", "evaluate a checkpoint with one or more protocols (one process)", _eval_arguments, _eval),
+    Command("pretrain", "pretrain a method from a recipe and write checkpoints", _pretrain_arguments, _pretrain,
+            _pretrain_workers),
+    Command("eval", "evaluate a checkpoint with one or more protocols (one process)", _eval_arguments, _eval,
+            _eval_workers),
     Command("sweep", "evaluate every checkpoint with every protocol, one job per pair (local processes or a "
             "Slurm job array), then the leaderboard", _sweep_arguments, _sweep),
     Command("leaderboard", "comparison tables and figures from the results store", _leaderboard_arguments,
@@ -398,6 +425,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         "Pretrain masked siamese SSL methods and evaluate any backbone on the standard protocols."))
     parser.add_argument("--version", action="version", version=f"ssl-bench {__version__}")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+    parser.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     named = _named(argv, COMMANDS)
     for command in COMMANDS.values():
@@ -406,7 +434,27 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
             command.arguments(p, argv[argv.index(named) + 1:])
             if command.run is not None:
                 p.set_defaults(run=command.run)
+    _threads_everywhere(parser)
     return parser
+
+
+def _threads_everywhere(parser: argparse.ArgumentParser) -> None:
+    """``--threads`` also after any (sub-)command's name, e.g. ``ssl-bench bench pretrain ... --threads 1``;
+    there it overrides the top-level value only when given."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.add_argument("--threads", type=int, metavar="N", default=argparse.SUPPRESS, help=THREADS_HELP)
+                _threads_everywhere(child)
+
+
+def _start_threads(args: argparse.Namespace) -> None:
+    """Set torch's thread count before the command does any work (``ssl_bench.threads``)."""
+    from .threads import apply_threads, choose_threads
+
+    command = COMMANDS[args.command]
+    workers = command.loader_workers(args) if command.loader_workers is not None else 0
+    apply_threads(choose_threads(args.threads, workers))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -416,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     set_quiet(args.quiet)
     try:
+        _start_threads(args)
         return args.run(args)
     except UserError as err:
         print(f"ssl-bench: error: {one_line(err)}", file=sys.stderr)

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
+from .threads import chosen
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -61,12 +62,31 @@ def machine() -> dict:
             "accelerator": accelerator}
 
 
+def compute_threads() -> dict:
+    """The threads torch computes with in this process and where the count came from
+    (``ssl_bench.threads``: ``--threads``, ``OMP_NUM_THREADS``, ``default``; ``torch`` when the
+    command line did not choose it)."""
+    import torch
+
+    choice = chosen()
+    return {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+            "threads_from": str(choice) if choice is not None and choice.count == torch.get_num_threads()
+            else "torch"}
+
+
+def run_machine() -> dict:
+    """``machine()`` plus this process's ``compute_threads()``: what a result or run records."""
+    return {**machine(), **compute_threads()}
+
+
 def describe_machine(info: dict | None) -> str | None:
-    """One line for a ``machine()`` dict, e.g. '2 x Intel(R) Xeon(R) Processor, Linux x86_64, no GPU'."""
+    """One line for a ``machine()`` dict, e.g. '2 x Intel(R) Xeon(R) Processor, Linux x86_64, no GPU'
+    (then ', 1 thread(s)' where the threads were recorded)."""
     if not info:
         return None
+    threads = f", {info['threads']} thread(s)" if "threads" in info else ""
     return (f"{info.get('cpus')} x {info.get('cpu')}, {info.get('system')}, "
-            f"{info.get('accelerator') or 'no GPU'}")
+            f"{info.get('accelerator') or 'no GPU'}{threads}")
 
 
 def utc_now() -> str:

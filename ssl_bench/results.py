@@ -49,7 +49,7 @@ import numpy as np
 from .atomic import atomic_write, atomic_write_json
 from .errors import UserError
 from .progress import progress
-from .provenance import code_version, describe_machine, library_versions, machine, utc_now
+from .provenance import code_version, describe_machine, library_versions, run_machine, utc_now
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -144,7 +144,7 @@ def write_evaluation(results_dir: Path, *, protocol: str, checkpoint: dict, reci
     if arrays:  # the arrays first: a JSON never references a missing file
         atomic_write(npz_path, lambda tmp: _save_npz(tmp, arrays))
     payload = {"schema": SCHEMA, "protocol": protocol, "checkpoint": checkpoint, "recipe": recipe,
-               "code": code_version(), "versions": library_versions(), "machine": machine(),
+               "code": code_version(), "versions": library_versions(), "machine": run_machine(),
                "wall_time_s": wall_time_s,
                "timestamp": utc_now(), "records": records, **(extra or {})}
     try:

@@ -13,3 +13,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+@pytest.fixture(autouse=True)
+def keep_thread_count(monkeypatch):
+    """A command run in-process (``cli.main``) keeps the test's thread count: ``OMP_NUM_THREADS`` (which
+    the command line's default yields to) pinned to it. Tests of the default unset it."""
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))

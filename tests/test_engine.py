@@ -3,6 +3,7 @@ divergence, skip."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
 from ssl_bench.engine import TrainingDiverged, pretrain, resolve_recipe
 from ssl_bench.engine.data import EpochOrder
-from ssl_bench.engine.recipe import build_method
+from ssl_bench.engine.recipe import build_method, resolve_precision
 from ssl_bench.engine.step import build_optimizer, ema_update
 from ssl_bench.errors import UserError
 
@@ -301,6 +303,59 @@ def test_finished_run_is_skipped_and_recipe_change_refused(tmp_path):
     from ssl_bench.checkpoints import load_spec
 
     assert load_spec(str(tmp_path / "run")).eval["feature"] == "cls_prenorm"
+
+
+# ----- precision: auto -----------------------------------------------------------------------------
+@pytest.fixture
+def cpu_bf16(monkeypatch):
+    """Fake the CPU's bf16 instructions: ``cpu_bf16(avx512_bf16, amx)``."""
+    def fake(avx512_bf16: bool, amx: bool = False) -> None:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    return fake
+
+
+def test_auto_precision_is_bf16_only_where_the_device_has_it(cpu_bf16, monkeypatch):
+    auto = {"method": "msn", "precision": "auto", "seed": 0}
+    cpu = torch.device("cpu")
+    for avx512_bf16, amx, expected in ((True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")):
+        cpu_bf16(avx512_bf16, amx)
+        resolved = resolve_precision(auto, cpu)
+        assert resolved == {"method": "msn", "precision": expected, "precision_auto": True, "seed": 0}
+        assert list(resolved) == ["method", "precision", "precision_auto", "seed"]  # stored beside precision
+    cpu_bf16(True)
+    assert resolve_precision({"precision": "fp32"}, cpu) == {"precision": "fp32"}  # a chosen one stays
+    cpu_bf16(False)
+    assert resolve_precision({"precision": "bf16"}, cpu) == {"precision": "bf16"}
+    with pytest.raises(UserError, match="precision: 'fp16' is not valid; use auto, fp32, bf16"):
+        resolve_precision({"precision": "fp16"}, cpu)
+    # CUDA: native bf16 only (compute capability 8+), emulation does not count
+    asked = []
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                            lambda including_emulation=True, native=native: asked.append(including_emulation)
+                            or (native or including_emulation))
+        assert resolve_precision(auto, torch.device("cuda:0"))["precision"] == expected
+    assert asked == [False, False]
+
+
+def test_a_run_stores_the_resolved_precision(tmp_path, cpu_bf16):
+    """The engine default is auto; the run's recipe.yaml and checkpoint say what ran and that auto chose it."""
+    data = make_images(tmp_path / "data", per_class=2)
+    recipe = write_recipe(tmp_path, data, every=0)
+    assert resolve_recipe(recipe, [])["precision"] == "auto"
+    cpu_bf16(False)
+    sidecar = pretrain(recipe, [], tmp_path / "run", device="cpu")
+    meta = json.loads(Path(sidecar).read_text())
+    stored = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
+    for saved in (meta["recipe"], stored):
+        assert (saved["precision"], saved["precision_auto"]) == ("fp32", True)
+    assert meta["machine"]["threads"] == torch.get_num_threads()
+    assert pretrain(recipe, [], tmp_path / "run", device="cpu") == sidecar  # found finished: same recipe
+    cpu_bf16(True)  # the same recipe on a bf16 machine is another run
+    with pytest.raises(UserError, match="different recipe .*precision"):
+        pretrain(recipe, [], tmp_path / "run", device="cpu")
 
 
 def test_bad_inputs_are_user_errors(tmp_path):

@@ -35,7 +35,7 @@ from torch import nn
 from ..backbones import Backbone
 from ..distributed import pick_device
 from ..engine.data import to_device
-from ..engine.recipe import build_method, resolve_recipe
+from ..engine.recipe import build_method, resolve_precision, resolve_recipe
 from ..attention import attention_kernel
 from ..engine.step import Schedules, TrainStep, build_optimizer
 from ..errors import UserError
@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--against lightly: only msn has a lightly counterpart here, not {recipe['method']}")
         lightly = import_lightly()  # before any model is built: a missing lightly fails at once
     device = pick_device(args.device)
+    recipe = resolve_precision(recipe, device)
     method = build_method(recipe).to(device).train()
     train_step = TrainStep(method, build_optimizer(method, recipe), Schedules(recipe, ipe=1000), recipe, device)
     size = max(recipe["backbone"]["img_size"], recipe.get(recipe["method"], {}).get("rand_size", 0)) * 3 // 2

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 import yaml
 
 from ..errors import UserError
+from ..threads import available_cores
 
 #: File name of the manifest at the root of a tree written by ``ssl-bench data prepare``.
 MANIFEST_NAME = "ssl-bench-data.json"
@@ -42,10 +43,7 @@ def profile_names() -> list[str]:
 
 def default_workers() -> int:
     """Worker processes by default: the CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return available_cores()
 
 
 def image_extensions() -> tuple[str, ...]:

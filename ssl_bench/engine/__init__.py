@@ -13,8 +13,9 @@ then ``--set``), builds the method from ``ssl_bench.methods.METHODS`` and trains
   per-iteration schedules (``ssl_bench.schedules``): linear warmup + cosine lr, cosine weight
   decay, both over ``ipe_scale`` x the run (MSN truncation); gradient clipping; EMA teachers
   (``Method.ema_pairs``) with a linear or cosine momentum schedule; bf16 autocast
-  (``precision: bf16``) on CPU and GPU; a non-finite loss stops the run (exit code 3) before
-  the update, the last good state intact;
+  (``precision: bf16``) on CPU and GPU (``precision: auto``, the default, is made bf16 or fp32
+  once the device is chosen: ``engine.recipe.resolve_precision``); a non-finite loss stops the
+  run (exit code 3) before the update, the last good state intact;
 * the run (``engine.loop``): DDP under ``torchrun`` (gloo on CPU, nccl on GPU), metrics
   averaged across ranks; ``train_log.jsonl`` and ``recipe.yaml`` in the run folder; the
   exported encoder is ``RUN/checkpoint.{safetensors,json}`` (``ssl_bench.checkpoints`` format);

@@ -19,10 +19,11 @@ from ..checkpoints import save_checkpoint
 from ..distributed import init_distributed, pick_device, reduce_mean
 from ..errors import UserError
 from ..progress import log, progress
+from ..provenance import run_machine
 from ..recipes import dump
 from ..seeding import seed_everything
 from .data import EpochOrder, SeededViews, epoch_loader, to_device, training_images
-from .recipe import build_method, resolve_recipe
+from .recipe import build_method, resolve_precision, resolve_recipe
 from .state import STATE_JSON, load_state, read_state_json, recipe_digest, rng_state, save_state, truncate_log
 from .step import Schedules, TrainingDiverged, TrainStep, build_optimizer
 
@@ -31,13 +32,13 @@ LOG_FILE = "train_log.jsonl"
 
 def pretrain(recipe_path: Path | None, sets=(), out_dir: Path = Path("run"), device: str = "auto") -> Path:
     """Train (or resume, or skip when finished) and return the exported checkpoint's sidecar."""
-    recipe = resolve_recipe(Path(recipe_path) if recipe_path else None, list(sets))
+    dev = pick_device(device)
+    recipe = resolve_precision(resolve_recipe(Path(recipe_path) if recipe_path else None, list(sets)), dev)
     run = Path(out_dir)
     done = _finished(run, recipe)
     if done is not None:
         log(f"{run}: finished run with this recipe found; nothing to do")
         return done
-    dev = pick_device(device)
     world, rank = init_distributed(dev)
     try:
         return _train(recipe, run, dev, world, rank)
@@ -49,7 +50,8 @@ def pretrain(recipe_path: Path | None, sets=(), out_dir: Path = Path("run"), dev
 def export(run: Path, method, recipe: dict, step: int, epoch: int, stem: str = "checkpoint", final: bool = True) -> Path:
     """The method's encoder as an ssl-bench checkpoint ``RUN/<stem>.{safetensors,json}``."""
     backbone, meta = method.export()
-    meta = {"method": recipe["method"], "recipe": recipe, "epoch": epoch, "step": step, "final": final, **meta}
+    meta = {"method": recipe["method"], "recipe": recipe, "epoch": epoch, "step": step, "final": final,
+            "machine": run_machine(), **meta}
     return save_checkpoint(run / stem, backbone, meta)
 
 
@@ -189,7 +191,8 @@ def _train(recipe: dict, run: Path, device: torch.device, world: int, rank: int)
     if main:
         sidecar = export(run, method, recipe, step, recipe["optim"]["epochs"])
         wall = time.perf_counter() - start_time
-        log(f"{run}: {recipe['method']} done, {step} steps, {wall:.0f} s; exported {sidecar}")
+        log(f"{run}: {recipe['method']} done, {step} steps, {wall:.0f} s ({recipe['precision']}, "
+            f"{torch.get_num_threads()} threads); exported {sidecar}")
     if world > 1:
         dist.barrier()
     return sidecar
