@@ -32,11 +32,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..attention import attention_kernel
 from ..backbones import Backbone
 from ..distributed import pick_device
 from ..engine.data import to_device
 from ..engine.recipe import build_method, resolve_precision, resolve_recipe
-from ..attention import attention_kernel
 from ..engine.step import Schedules, TrainStep, build_optimizer
 from ..errors import UserError
 from ..seeding import sample_seed, seeded
