@@ -19,6 +19,7 @@ import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from submitit.core.utils import UncompletedJobError
 from submitit.helpers import Checkpointable, DelayedSubmission, TorchDistributedEnvironment
 
 from .engine import pretrain
@@ -102,6 +103,8 @@ def _failure(session: Evaluation, protocol: str, recipe: dict) -> str | None:
     (``module.Type: message``)."""
     try:
         session.run(protocol, recipe)
+    except UncompletedJobError:  # submitit's signal handler ending a job it cannot requeue: not this protocol's
+        raise
     except Exception as err:  # noqa: BLE001 - any failure belongs to this protocol; the next one runs
         kind = type(err)
         name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
