@@ -132,11 +132,10 @@ def _eval_workers(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     recipes = _eval_recipes(args)
     if args.launcher != "local":
-        from .evaluate import resolve_protocol_recipe
+        from .evaluate import resolve_recipes
         from .jobs import EvalJob  # imports submitit
 
-        for protocol, recipe in recipes.items():  # a bad recipe fails here, not after the queue
-            resolve_protocol_recipe(protocol, recipe, args.set)
+        resolve_recipes(recipes, args.set)  # a bad recipe fails here, not after the queue
         job = EvalJob(recipes, args.checkpoint, args.data, args.set, args.results, args.device)
         return launch(job, LaunchOptions.from_args(args), args.results / "jobs",
                       f"ssl-bench-eval-{'-'.join(recipes)}", lambda result: _print_evaluations(args, result))
@@ -169,7 +168,8 @@ def _sweep_arguments(p: argparse.ArgumentParser, rest: list[str]) -> None:
     p.add_argument("--results", type=Path, default=Path("results"), help="results store folder")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--max-parallel", type=int, metavar="N",
-                   help="jobs running at once (local default 1; slurm default: submitit's array limit, 256)")
+                   help="jobs (checkpoints) running at once (local default 1; slurm default: submitit's "
+                        "array limit, 256)")
     add_launcher_arguments(p, sweep=True)
 
 
@@ -404,8 +404,9 @@ COMMANDS = {c.name: c for c in (
             _pretrain_workers),
     Command("eval", "evaluate a checkpoint with one or more protocols (one process)", _eval_arguments, _eval,
             _eval_workers),
-    Command("sweep", "evaluate every checkpoint with every protocol, one job per pair (local processes or a "
-            "Slurm job array), then the leaderboard", _sweep_arguments, _sweep),
+    Command("sweep", "evaluate every checkpoint with every protocol, one job per checkpoint (its protocols not "
+            "yet stored, in one process as eval --protocol p1,p2,... runs them; local processes or a Slurm "
+            "job array), then the leaderboard", _sweep_arguments, _sweep),
     Command("leaderboard", "comparison tables and figures from the results store", _leaderboard_arguments,
             _leaderboard),
     Command("data", "prepare the embedded data; check datasets on disk", _data_arguments, None),

@@ -28,6 +28,12 @@ def resolve_protocol_recipe(protocol: str, recipe: Path | None = None, sets=()) 
     return resolve(load_defaults(f"protocols/{protocol}"), recipe, sets)
 
 
+def resolve_recipes(recipes: dict[str, Path | None], sets=()) -> dict[str, dict]:
+    """Every protocol of ``recipes`` ({name: recipe file or None}) resolved, in order: a bad recipe
+    fails here, before any work."""
+    return {name: resolve_protocol_recipe(name, recipe, sets) for name, recipe in recipes.items()}
+
+
 def recipe_files(protocols: list[str], items) -> dict[str, Path | None]:
     """``--recipe-for P=FILE`` items as {protocol: recipe file or None}, in ``protocols`` order."""
     recipes: dict[str, Path | None] = dict.fromkeys(protocols)
@@ -57,7 +63,7 @@ def evaluate_many(recipes: dict[str, Path | None], checkpoint: str, data: Path, 
     Every recipe is resolved before any work, so a bad one fails first. Returns {protocol:
     (records, results file)}; the file is None on ranks other than 0.
     """
-    resolved = {name: resolve_protocol_recipe(name, recipe, sets) for name, recipe in recipes.items()}
+    resolved = resolve_recipes(recipes, sets)
     session = Evaluation(checkpoint, data, results_dir=results_dir, device=device)
     return {name: session.run(name, recipe) for name, recipe in resolved.items()}
 

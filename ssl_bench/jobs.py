@@ -9,18 +9,23 @@ on preemption where the cluster sets ``SlurmctldParameters=preempt_send_user_sig
 then calls the job's ``checkpoint`` (``submitit.helpers.Checkpointable``), which requeues the same
 call. A requeued ``PretrainJob`` resumes from the run folder's last saved
 training state, the engine's exact resume (``checkpoint.every_steps`` bounds the lost work); a
-requeued ``EvalJob`` runs its evaluation again.
+requeued ``EvalJob`` runs its evaluation again, a requeued ``SweepJob`` the protocols it had not
+finished.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import traceback
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from submitit.helpers import Checkpointable, TorchDistributedEnvironment
+from submitit.core.utils import UncompletedJobError
+from submitit.helpers import Checkpointable, DelayedSubmission, TorchDistributedEnvironment
 
 from .engine import pretrain
-from .evaluate import evaluate_many
+from .errors import NotApplicable, one_line
+from .evaluate import Evaluation, evaluate_many, resolve_recipes
+from .progress import log
 
 
 def export_distributed_environment() -> None:
@@ -46,8 +51,8 @@ class PretrainJob(Checkpointable):
 
 @dataclass
 class EvalJob(Checkpointable):
-    """``ssl-bench eval`` of one checkpoint with one or more protocols, in one process (the
-    sweep's unit of work); ``recipes`` maps each protocol to its recipe file (None: defaults)."""
+    """``ssl-bench eval`` of one checkpoint with one or more protocols, in one process;
+    ``recipes`` maps each protocol to its recipe file (None: defaults)."""
 
     recipes: dict[str, Path | None]
     spec: str  # the checkpoint (``checkpoint`` is submitit's requeue hook)
@@ -63,3 +68,49 @@ class EvalJob(Checkpointable):
 
     def __str__(self) -> str:
         return f"{','.join(self.recipes)} on {self.spec}"
+
+
+@dataclass
+class SweepJob(EvalJob):
+    """The sweep's unit of work: one checkpoint with the protocols it still lacks, evaluated as
+    ``ssl-bench eval --protocol p1,p2,...`` does (one ``Evaluation``: the checkpoint loaded once,
+    each (split, transform) extracted once), except that a failing protocol does not stop the
+    next one. Returns {protocol: None (stored) or its failure's exception line}; the traceback of
+    a failure goes to the job's log.
+
+    Requeued (preemption, time limit), it runs only the protocols it had not finished, and carries
+    the outcomes of the others (``finished``)."""
+
+    finished: dict[str, str | None] = field(default_factory=dict)
+
+    def __call__(self) -> dict[str, str | None]:
+        export_distributed_environment()
+        resolved = resolve_recipes(self.recipes, self.sets)
+        session = Evaluation(self.spec, self.data, results_dir=self.results_dir, device=self.device)
+        for protocol, recipe in resolved.items():
+            self.finished[protocol] = _failure(session, protocol, recipe)
+        return dict(self.finished)
+
+    def checkpoint(self, *args, **kwargs) -> DelayedSubmission:
+        """submitit's requeue hook (rank 0, in the process running ``__call__``): the same job
+        with the finished protocols taken out of ``recipes`` and their outcomes carried."""
+        left = {protocol: recipe for protocol, recipe in self.recipes.items() if protocol not in self.finished}
+        return DelayedSubmission(replace(self, recipes=left, finished=dict(self.finished)))
+
+
+def _failure(session: Evaluation, protocol: str, recipe: dict) -> str | None:
+    """Run and store one protocol: None, or its exception as a traceback's last line shows it
+    (``module.Type: message``)."""
+    try:
+        session.run(protocol, recipe)
+    except UncompletedJobError:  # submitit's signal handler ending a job it cannot requeue: not this protocol's
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure belongs to this protocol; the next one runs
+        kind = type(err)
+        name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        if isinstance(err, NotApplicable):
+            log(f"{protocol}: not applicable: {one_line(err)}")
+        else:
+            traceback.print_exc()
+        return f"{name}: {one_line(err)}"
+    return None

@@ -56,8 +56,8 @@ def add_launcher_arguments(parser: argparse.ArgumentParser, *, sweep: bool = Fal
     group = parser.add_argument_group("launcher (Slurm through submitit; see the README's Slurm section)")
     if sweep:
         group.add_argument("--launcher", choices=("local", "slurm"), default="local", help=(
-            "local: one process per evaluation on this machine (submitit's local executor); "
-            "slurm: a Slurm job array"))
+            "local: one process per checkpoint on this machine (submitit's local executor); "
+            "slurm: a Slurm job array, one task per checkpoint"))
     else:
         group.add_argument("--launcher", choices=LAUNCHERS, default="local", help=(
             "local: in this process; slurm: a job submitted with sbatch through submitit; "

@@ -18,7 +18,7 @@ from test_protocols_common import make_imagefolder
 
 from ssl_bench.cli import main
 from ssl_bench.evaluate import evaluate
-from ssl_bench.jobs import EvalJob, PretrainJob, export_distributed_environment
+from ssl_bench.jobs import PretrainJob, SweepJob, export_distributed_environment
 from ssl_bench.launch import LaunchOptions, make_executor, submit_array
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,7 +150,7 @@ def test_sbatch_file_holds_the_lines_the_readme_promises(tmp_path, monkeypatch, 
     sbatch = (tmp_path / "run" / "jobs" / "4242_submission.sh").read_text()  # submitit's own rendering
     # the sweep's job array, rendered by submitit from the same flags plus --max-parallel
     options = LaunchOptions(launcher="slurm", gpus_per_node=1)
-    calls = [EvalJob({"knn": None}, "random:vit_tiny_patch16_224", tmp_path) for _ in range(20)]
+    calls = [SweepJob({"knn": None}, "random:vit_tiny_patch16_224", tmp_path) for _ in range(20)]
     jobs = submit_array(make_executor(options, tmp_path / "sweep", "ssl-bench-sweep"), calls, max_parallel=16)
     assert [job.job_id for job in jobs] == [f"4242_{index}" for index in range(20)]
     array = (tmp_path / "sweep" / "4242_submission.sh").read_text()
