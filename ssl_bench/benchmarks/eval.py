@@ -25,6 +25,7 @@ from ..data import ImageFolderDataset, resolve
 from ..errors import UserError
 from ..evaluate import Evaluation, recipe_files, resolve_protocol_recipe
 from ..progress import log, set_quiet
+from ..threads import apply_threads, choose_threads, chosen
 from ..protocols import EvalContext
 from ..protocols._common import open_classification
 from ..protocols._features import eval_transform, feature_spec, split_features
@@ -85,27 +86,39 @@ def run(args: argparse.Namespace) -> int:
                    "on fewer the start-up dominates and the ratio says nothing about extraction; give a larger "
                    "dataset (e.g. ssl-bench data prepare --profile demo)")
     recipe_args = [f"--recipe-for={p}={f}" for p, f in recipes.items() if f is not None]
+    threads = str(_threads(recipes))
     extract_recipe = str(recipes[first]) if recipes[first] else ""
     one, together = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             log(f"repeat {repeat + 1}/{args.repeats}: one extraction ...")
             one.append(_timed(["-m", __name__, first, extract_recipe, args.checkpoint, str(args.data),
-                               f"{tmp}/one{repeat}", args.device]))
+                               f"{tmp}/one{repeat}", args.device, threads]))
             log(f"repeat {repeat + 1}/{args.repeats}: eval --protocol {','.join(protocols)} ...")
-            together.append(_timed(["-m", "ssl_bench.cli", "--quiet", "eval", "--protocol", ",".join(protocols),
+            together.append(_timed(["-m", "ssl_bench.cli", "--quiet", "--threads", threads, "eval", "--protocol",
+                                    ",".join(protocols),
                                     "--checkpoint", args.checkpoint, "--data", str(args.data), *recipe_args,
                                     "--results", f"{tmp}/all{repeat}", "--device", args.device]))
     t_one, t_all = statistics.median(one), statistics.median(together)
     print(f"evaluation of {args.checkpoint} on {args.data}: fresh processes, cold feature cache, "
-          f"median of {args.repeats} interleaved runs")
+          f"median of {args.repeats} interleaved runs, {threads} torch thread(s) in both")
     print(f"one extraction process\t{t_one:.1f} s\t(start-up, checkpoint, {first}'s train + val features)")
     print(f"eval --protocol {','.join(protocols)}\t{t_all:.1f} s\t(one process)")
     print(f"ratio\t{t_all / t_one:.2f}\t(all protocols / one extraction)")
     return 0
 
 
-if __name__ == "__main__":  # the baseline's fresh process: PROTOCOL RECIPE|'' CHECKPOINT DATA RESULTS DEVICE
-    protocol, recipe, checkpoint, data, results, device = sys.argv[1:7]
+def _threads(recipes: dict[str, Path | None]) -> int:
+    """The thread count ``ssl-bench eval`` of these protocols starts with (``--threads`` or
+    OMP_NUM_THREADS given to the bench win), given to both timed processes alike."""
+    parent = chosen()
+    requested = parent.count if parent is not None and parent.source != "default" else None
+    workers = max(int(resolve_protocol_recipe(p, r).get("num_workers", 0)) for p, r in recipes.items())
+    return choose_threads(requested, workers).count
+
+
+if __name__ == "__main__":  # the baseline's process: PROTOCOL RECIPE|'' CHECKPOINT DATA RESULTS DEVICE THREADS
+    protocol, recipe, checkpoint, data, results, device, threads = sys.argv[1:8]
+    apply_threads(choose_threads(int(threads)))
     set_quiet(True)
     extract_once(protocol, Path(recipe) if recipe else None, checkpoint, Path(data), Path(results), device)
