@@ -509,7 +509,8 @@ def test_escape_codes_are_stripped_from_any_error(capsys, monkeypatch):
 
     parser = cli.build_parser([])
     monkeypatch.setattr(cli, "build_parser", lambda argv: parser)
-    monkeypatch.setattr(parser, "parse_args", lambda argv: argparse.Namespace(quiet=True, run=raises))
+    monkeypatch.setattr(parser, "parse_args", lambda argv: argparse.Namespace(quiet=True, run=raises,
+                                                                              command="leaderboard", threads=None))
     line = one_line_error(capsys, ["anything"], "WeightsUnpickler error: unsupported global")
     assert line == "ssl-bench: error: WeightsUnpickler error: unsupported global"
 
