@@ -25,10 +25,10 @@ from ..data import ImageFolderDataset, resolve
 from ..errors import UserError
 from ..evaluate import Evaluation, recipe_files, resolve_protocol_recipe
 from ..progress import log, set_quiet
-from ..threads import apply_threads, choose_threads, chosen
 from ..protocols import EvalContext
 from ..protocols._common import open_classification
 from ..protocols._features import eval_transform, feature_spec, split_features
+from ..threads import apply_threads, choose_threads, chosen
 from . import require_images
 
 DESCRIPTION = "several protocols in one eval process vs one feature extraction (fresh processes, cold cache)"
