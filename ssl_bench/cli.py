@@ -80,7 +80,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         from .jobs import PretrainJob  # imports submitit
 
         resolve_recipe(args.recipe, args.set)  # a bad recipe fails here, not after the queue
-        job = PretrainJob(args.recipe, args.out, args.set, args.device)
+        job = PretrainJob(args.recipe, args.out, args.set, args.device, threads=args.threads)
         return launch(job, LaunchOptions.from_args(args), args.out / "jobs", "ssl-bench-pretrain", print)
     from .engine import pretrain
 
@@ -123,10 +123,9 @@ def _eval_recipes(args: argparse.Namespace) -> dict[str, Path | None]:
 
 def _eval_workers(args: argparse.Namespace) -> int:
     """The most loader workers any of the protocols starts (they run one after the other)."""
-    from .evaluate import resolve_protocol_recipe
+    from .evaluate import loader_workers, resolve_recipes
 
-    return max(int(resolve_protocol_recipe(protocol, recipe, args.set).get("num_workers", 0))
-               for protocol, recipe in _eval_recipes(args).items())
+    return loader_workers(resolve_recipes(_eval_recipes(args), args.set))
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -136,7 +135,7 @@ def _eval(args: argparse.Namespace) -> int:
         from .jobs import EvalJob  # imports submitit
 
         resolve_recipes(recipes, args.set)  # a bad recipe fails here, not after the queue
-        job = EvalJob(recipes, args.checkpoint, args.data, args.set, args.results, args.device)
+        job = EvalJob(recipes, args.checkpoint, args.data, args.set, args.results, args.device, threads=args.threads)
         return launch(job, LaunchOptions.from_args(args), args.results / "jobs",
                       f"ssl-bench-eval-{'-'.join(recipes)}", lambda result: _print_evaluations(args, result))
     from .evaluate import evaluate_many
@@ -177,7 +176,8 @@ def _sweep(args: argparse.Namespace) -> int:
     from .sweep import sweep  # imports submitit
 
     return sweep(args.checkpoints, args.protocols, args.data, recipe_for=args.recipe_for,
-                 results_dir=args.results, device=args.device, options=LaunchOptions.from_args(args))
+                 results_dir=args.results, device=args.device, options=LaunchOptions.from_args(args),
+                 threads=args.threads)
 
 
 # ----- leaderboard ---------------------------------------------------------------------------------

@@ -34,6 +34,12 @@ def resolve_recipes(recipes: dict[str, Path | None], sets=()) -> dict[str, dict]
     return {name: resolve_protocol_recipe(name, recipe, sets) for name, recipe in recipes.items()}
 
 
+def loader_workers(resolved: dict[str, dict]) -> int:
+    """The most data-loader workers any of the ``resolved`` protocol recipes starts (the protocols
+    of one evaluation run one after the other)."""
+    return max((int(recipe.get("num_workers", 0)) for recipe in resolved.values()), default=0)
+
+
 def recipe_files(protocols: list[str], items) -> dict[str, Path | None]:
     """``--recipe-for P=FILE`` items as {protocol: recipe file or None}, in ``protocols`` order."""
     recipes: dict[str, Path | None] = dict.fromkeys(protocols)

@@ -2,7 +2,9 @@
 
 In the job, ``export_distributed_environment`` turns Slurm's variables (or the local executor's)
 into the ones torchrun sets, so the engine and the protocols set up ``torch.distributed`` through
-the same code path as under torchrun.
+the same code path as under torchrun; then the job sets torch's threads as a command started on
+that node would (``ssl_bench.threads``: the ``--threads`` it was submitted with, else
+``OMP_NUM_THREADS``, else the task's cores minus its loader workers), and its results record them.
 
 Preemption and timeout: Slurm signals USR2 ``signal_delay_s`` (90 s) before the time limit, and
 on preemption where the cluster sets ``SlurmctldParameters=preempt_send_user_signal``; submitit
@@ -22,10 +24,11 @@ from pathlib import Path
 from submitit.core.utils import UncompletedJobError
 from submitit.helpers import Checkpointable, DelayedSubmission, TorchDistributedEnvironment
 
-from .engine import pretrain
+from .engine import pretrain, resolve_recipe
 from .errors import NotApplicable, one_line
-from .evaluate import Evaluation, evaluate_many, resolve_recipes
+from .evaluate import Evaluation, evaluate_many, loader_workers, resolve_recipes
 from .progress import log
+from .threads import apply_threads, choose_threads
 
 
 def export_distributed_environment() -> None:
@@ -43,9 +46,12 @@ class PretrainJob(Checkpointable):
     out: Path
     sets: list[str] = field(default_factory=list)
     device: str = "auto"
+    threads: int | None = None  # ``--threads`` as submitted; None: chosen on the job's node
 
     def __call__(self) -> Path:
         export_distributed_environment()
+        workers = int(resolve_recipe(self.recipe, self.sets)["data"]["num_workers"])
+        apply_threads(choose_threads(self.threads, workers))
         return pretrain(self.recipe, self.sets, self.out, device=self.device)
 
 
@@ -60,9 +66,17 @@ class EvalJob(Checkpointable):
     sets: list[str] = field(default_factory=list)
     results_dir: Path = Path("results")
     device: str = "auto"
+    threads: int | None = None  # ``--threads`` as submitted; None: chosen on the job's node
+
+    def start(self) -> dict[str, dict]:
+        """Set up the job's process (torchrun variables, threads); returns the resolved recipes."""
+        export_distributed_environment()
+        resolved = resolve_recipes(self.recipes, self.sets)
+        apply_threads(choose_threads(self.threads, loader_workers(resolved)))
+        return resolved
 
     def __call__(self) -> dict[str, tuple[list[dict], Path | None]]:
-        export_distributed_environment()
+        self.start()
         return evaluate_many(self.recipes, self.spec, self.data, sets=self.sets, results_dir=self.results_dir,
                              device=self.device)
 
@@ -84,8 +98,7 @@ class SweepJob(EvalJob):
     finished: dict[str, str | None] = field(default_factory=dict)
 
     def __call__(self) -> dict[str, str | None]:
-        export_distributed_environment()
-        resolved = resolve_recipes(self.recipes, self.sets)
+        resolved = self.start()
         session = Evaluation(self.spec, self.data, results_dir=self.results_dir, device=self.device)
         for protocol, recipe in resolved.items():
             self.finished[protocol] = _failure(session, protocol, recipe)

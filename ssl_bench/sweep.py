@@ -38,15 +38,17 @@ class Plan:
     def key(self, spec: str, protocol: str) -> str:
         return evaluation_key(self.hashes[spec], protocol, self.resolved[protocol])
 
-    def jobs(self, data: Path, device: str) -> list[SweepJob]:
-        """One job per checkpoint with pairs not in the store, holding only those protocols."""
+    def jobs(self, data: Path, device: str, threads: int | None = None) -> list[SweepJob]:
+        """One job per checkpoint with pairs not in the store, holding only those protocols
+        (``threads``: the ``--threads`` each job starts with; None: chosen in the job)."""
         stored = stored_keys(self.results_dir)
         jobs = []
         for spec in self.hashes:
             left = {protocol: recipe for protocol, recipe in self.recipes.items()
                     if self.key(spec, protocol) not in stored}
             if left:
-                jobs.append(SweepJob(left, spec, data, results_dir=self.results_dir, device=device))
+                jobs.append(SweepJob(left, spec, data, results_dir=self.results_dir, device=device,
+                                     threads=threads))
         return jobs
 
     def outcomes(self, call: SweepJob, job) -> dict[str, str | None]:
@@ -62,14 +64,14 @@ class Plan:
 
 def sweep(checkpoints: list[str], protocols: list[str], data: Path, *, recipe_for=(),
           results_dir: Path = Path("results"), device: str = "auto",
-          options: LaunchOptions | None = None) -> int:
+          options: LaunchOptions | None = None, threads: int | None = None) -> int:
     """Run the sweep; 0 when every pair is stored (or does not apply), 1 when a pair failed."""
     options = options or LaunchOptions()
     if not Path(data).exists():
         raise UserError(f"--data {data}: no such folder; give a dataset root or a tree made by "
                         "'ssl-bench data prepare'")
     plan = Plan(checkpoints, recipe_files(protocols, list(recipe_for)), Path(results_dir))
-    jobs = plan.jobs(Path(data), device)
+    jobs = plan.jobs(Path(data), device, threads)
     total = len(plan.hashes) * len(plan.recipes)
     left = sum(len(job.recipes) for job in jobs)
     if not jobs:

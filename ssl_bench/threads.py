@@ -6,6 +6,11 @@ starts (they run on the same cores, one thread each), at least 1. More compute t
 cores do not help and can hurt: on the shared 2-core machine, with a loader worker or another
 process busy, two threads ran small-op code 3-13x slower than one (issue 19).
 
+In a Slurm task that was given ``--cpus-per-task`` (``SLURM_CPUS_PER_TASK``), those CPUs are the
+task's own: the default is at most that many, not divided among the node's tasks. A job submitted
+with ``--launcher slurm`` or ``submitit-local`` chooses its count in the job, on its node
+(``ssl_bench.jobs``), from the ``--threads`` it was submitted with.
+
 ``OMP_NUM_THREADS`` set by the user wins over the default; ``ssl-bench --threads N`` wins over
 both. torchrun sets ``OMP_NUM_THREADS=1`` for every rank itself when it starts several and the
 variable is unset; that value is torchrun's, not the user's, so the default applies.
@@ -62,9 +67,20 @@ def choose_threads(requested: int | None, loader_workers: int = 0, environ=os.en
                             "--threads N")
         return Threads(int(first), "OMP_NUM_THREADS")
     cores, ranks = available_cores(), max(1, int(environ.get("LOCAL_WORLD_SIZE", 1)))
+    slurm = slurm_cpus_per_task(environ)
+    if slurm is not None:  # this task's own CPUs: not shared with the node's other tasks
+        cores, ranks = min(cores, slurm), 1
     reason = f"{cores} core(s)" + (f" / {ranks} local ranks" if ranks > 1 else "") \
-        + f" - {loader_workers} loader worker(s)"
+        + (" of this Slurm task" if slurm is not None else "") + f" - {loader_workers} loader worker(s)"
     return Threads(max(1, cores // ranks - loader_workers), "default", reason)
+
+
+def slurm_cpus_per_task(environ=os.environ) -> int | None:
+    """The CPUs Slurm gave each task of this job (``--cpus-per-task``), None outside such a task."""
+    value = environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    if "SLURM_JOB_ID" not in environ or not value.isdigit() or int(value) < 1:
+        return None
+    return int(value)
 
 
 def _set_by_torchrun(environ) -> bool:

@@ -18,7 +18,8 @@ from test_protocols_common import make_imagefolder
 
 from ssl_bench.cli import main
 from ssl_bench.evaluate import evaluate
-from ssl_bench.jobs import PretrainJob, SweepJob, export_distributed_environment
+from ssl_bench import threads
+from ssl_bench.jobs import EvalJob, PretrainJob, SweepJob, export_distributed_environment
 from ssl_bench.launch import LaunchOptions, make_executor, submit_array
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,6 +81,7 @@ def test_eval_job_stores_what_an_evaluation_in_this_process_stores(tmp_path, job
     assert (tmp_path / "results" / "jobs" / f"{job_id.group(1)}_submitted.pkl").is_file()
     stored = [json.loads(p.read_text()) for p in (tmp_path / "results").glob("*/*.json")]
     assert len(stored) == 1 and stored[0]["checkpoint"]["spec"] == spec
+    assert stored[0]["machine"]["threads_from"] == "1 (OMP_NUM_THREADS)"  # set in the job, from its environment
     # the same evaluation in this process gives the same numbers
     records, _ = evaluate("knn", spec, data, recipe=recipe, results_dir=tmp_path / "here", device="cpu")
     assert [(r["metric"], r["value"]) for r in stored[0]["records"]] == [(r["metric"], r["value"]) for r in records]
@@ -190,3 +192,27 @@ def test_job_environment_becomes_torchrun_variables(monkeypatch):
     assert {name: os.environ[name] for name in TORCHRUN_VARIABLES} == {
         "RANK": "11", "WORLD_SIZE": "16", "LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "8",
         "MASTER_ADDR": "node07", "MASTER_PORT": "29400"}
+
+
+@pytest.mark.parametrize("submitted, expected", [
+    (None, threads.Threads(2, "default", "3 core(s) of this Slurm task - 1 loader worker(s)")),
+    (4, threads.Threads(4, "--threads"))])
+def test_slurm_job_chooses_its_threads_on_its_node(tmp_path, monkeypatch, submitted, expected):
+    """A task of a 16-core node given 3 CPUs (--cpus-per-task 3), 2 tasks on the node: without
+    --threads, its 3 CPUs minus the protocol's loader worker, not the node's cores shared out."""
+    clear_torchrun_variables(monkeypatch)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    for name, value in {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "77", "SLURM_NTASKS": "2",
+                        "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0", "SLURM_PROCID": "1",
+                        "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "node07", "SLURM_CPUS_PER_TASK": "3",
+                        "MASTER_PORT": "29400"}.items():
+        monkeypatch.setenv(name, value)
+    saved = torch.get_num_threads()
+    try:
+        job = EvalJob({"knn": None}, "random:vit_tiny_patch16_224", tmp_path, sets=["num_workers=1"],
+                      threads=submitted)
+        assert list(job.start()) == ["knn"]
+        assert threads.chosen() == expected and torch.get_num_threads() == expected.count
+    finally:
+        torch.set_num_threads(saved)

@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 def restore_threads(monkeypatch):
     """Commands run here change the process's thread count: put it back; no OMP_NUM_THREADS, no torchrun."""
     saved = torch.get_num_threads()
-    for name in ("OMP_NUM_THREADS", "LOCAL_WORLD_SIZE", threads_module.TORCHRUN_MARK):
+    for name in ("OMP_NUM_THREADS", "LOCAL_WORLD_SIZE", "SLURM_JOB_ID", "SLURM_CPUS_PER_TASK",
+                 threads_module.TORCHRUN_MARK):
         monkeypatch.delenv(name, raising=False)
     yield
     torch.set_num_threads(saved)
@@ -83,6 +84,22 @@ def test_torchrun_ranks_share_the_cores(cores, monkeypatch):
     assert choose_threads(None, loader_workers=1) == Threads(1, "OMP_NUM_THREADS")
     monkeypatch.setattr(threads_module, "launcher_environment", lambda: None)  # unreadable: the user's
     assert choose_threads(None, loader_workers=1).source == "OMP_NUM_THREADS"
+
+
+def test_a_slurm_task_has_its_own_cpus(cores, monkeypatch):
+    """--cpus-per-task 10, 4 tasks on a 64-core node: each task's 10 CPUs, not 64 / 4; at most
+    the affinity set; outside a Slurm job the variable means nothing."""
+    cores(64)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "10")
+    assert choose_threads(None, loader_workers=2).count == 14  # no SLURM_JOB_ID: 64 / 4 - 2
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    assert choose_threads(None, loader_workers=2) == Threads(8, "default",
+                                                            "10 core(s) of this Slurm task - 2 loader worker(s)")
+    cores(6)  # the task is bound to fewer CPUs than it asked for
+    assert choose_threads(None, loader_workers=2).count == 4
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "")  # no --cpus-per-task: the node's cores, shared
+    assert choose_threads(None, loader_workers=2).count == 1
 
 
 PROBE = textwrap.dedent("""
