@@ -36,6 +36,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from . import architectures  # noqa: F401  (registers the conv-stem ViTs and BEiT sizes with timm)
+from .conv_layout import conv_input
 from .errors import UserError
 
 FEATURE_KINDS = ("cls", "cls_prenorm", "avgpool", "cls+avgpool", "cls_lastN")
@@ -203,8 +204,13 @@ class Backbone(nn.Module):
         """(B, 3, H, W) -> (B, h, w, C) patch embeddings (patch projection or conv stem)."""
         embed = self.model.patch_embed
         if self.family == "vit":
-            return embed(images)  # NHWC under dynamic_img_size
+            return embed(self.conv_input(images))  # NHWC under dynamic_img_size
         return embed.norm(embed.proj(images).permute(0, 2, 3, 1))  # BEiT: its PatchEmbed flattens
+
+    def conv_input(self, images: Tensor) -> Tensor:
+        """``images`` in the layout the training step chose for convolutions (``ssl_bench.conv_layout``:
+        channels-last on CPU in training), for a ConvNet or a conv stem; a plain patch projection keeps them."""
+        return conv_input(images) if self.conv_stem or not self.is_vit else images
 
     def add_positions(self, x: Tensor) -> Tensor:
         """(B, h, w, C) patch embeddings -> (B, prefix + h*w, C) tokens: prefix tokens, absolute
@@ -268,7 +274,7 @@ class Backbone(nn.Module):
         if not self.is_vit:
             if kind != "avgpool":
                 raise UserError(f"feature '{kind}' needs a ViT; {self.arch} has only 'avgpool'")
-            return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+            return self.model.forward_head(self.model.forward_features(self.conv_input(images)), pre_logits=True)
         last_n = _LAST_N.match(kind)
         if last_n:
             n = int(last_n.group(1))
@@ -298,7 +304,8 @@ class Backbone(nn.Module):
         before the final norm; ConvNet: the stages)."""
         if not self.is_vit:
             indices = list(blocks) or [self.depth - 1]
-            return self.model.forward_intermediates(images, indices=indices, intermediates_only=True)
+            return self.model.forward_intermediates(self.conv_input(images), indices=indices,
+                                                    intermediates_only=True)
         out = self.tokens(images, blocks=blocks)
         if not blocks:
             return [out.to_grid(out.normed)]

@@ -1,5 +1,6 @@
-"""The training step's kernels: the attention kernel a recipe's ``attention`` resolves to, torch's
-fused AdamW (the same update rule as the per-tensor loop), and ``compile: true`` (slow)."""
+"""The training step's kernels: the attention kernel a recipe's ``attention`` resolves to, the layout
+of convolution input (``conv_layout``), torch's fused AdamW (the same update rule as the per-tensor
+loop), and ``compile: true`` (slow)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from ssl_bench.attention import attention_kernel, resolve_attention
+from ssl_bench.backbones import Backbone
+from ssl_bench.conv_layout import conv_layout, resolve_conv_layout
 from ssl_bench.engine import resolve_recipe
 from ssl_bench.engine.recipe import build_method
 from ssl_bench.engine.step import Schedules, TrainStep, build_optimizer
@@ -37,6 +40,50 @@ def test_math_kernel_is_softmax_attention_and_the_only_one_allowed():
     assert torch.backends.cuda.flash_sdp_enabled()  # restored on exit
     by_hand = torch.softmax(q @ k.transpose(-1, -2) / 8 ** 0.5, dim=-1) @ v
     assert torch.allclose(out, by_hand, atol=1e-6)
+
+
+def test_auto_conv_layout_is_channels_last_only_on_cpu():
+    assert resolve_conv_layout("auto", CPU) == "channels_last"
+    assert resolve_conv_layout("auto", CUDA) == "contiguous"
+    assert resolve_conv_layout("contiguous", CPU) == "contiguous"
+    with pytest.raises(UserError, match="conv_layout: 'nhwc' is not valid; use auto, channels_last or contiguous"):
+        resolve_conv_layout("nhwc", CPU)
+
+
+@pytest.mark.parametrize("arch, converted", [("resnet18", True), ("vit_tiny_convstem_patch16_224", True),
+                                             ("vit_tiny_patch16_224", False)])
+def test_channels_last_reaches_convolutions_only_and_keeps_the_features(arch, converted):
+    """ConvNets and conv stems read channels-last images inside the step's context (a plain patch
+    projection, where it did not help, keeps NCHW); outside it nothing changes. The features are
+    the NCHW ones up to float rounding, and the parameters keep their layout."""
+    torch.manual_seed(0)
+    backbone = Backbone(arch, 64, 16).eval()
+    images = torch.randn(2, 3, 64, 64)
+    kind = "avgpool" if arch == "resnet18" else "cls"
+    with conv_layout("channels_last"):
+        laid_out = backbone.conv_input(images)
+        features = backbone.features(images, kind)
+    assert laid_out.is_contiguous(memory_format=torch.channels_last) is converted
+    assert laid_out.is_contiguous() is not converted
+    assert backbone.conv_input(images) is images  # outside the context
+    with conv_layout("contiguous"):
+        assert backbone.conv_input(images) is images
+    reference = backbone.features(images, kind)
+    assert torch.allclose(features, reference, rtol=1e-4, atol=1e-5)
+    assert all(p.is_contiguous() for p in backbone.parameters())
+
+
+def test_mscn_step_with_channels_last_input_matches_nchw():
+    """One MSCN (ResNet-18) step each way from the same start: the same loss and gradients up to
+    float rounding."""
+    steps = {layout: _step("mscn", ["precision=fp32", f"conv_layout={layout}"])
+             for layout in ("channels_last", "contiguous")}
+    (fast, batch), (plain, _) = steps["channels_last"], steps["contiguous"]
+    assert fast.conv_layout == "channels_last" and plain.conv_layout == "contiguous"
+    assert torch.allclose(fast(batch, 0).loss, plain(batch, 0).loss, rtol=1e-4)
+    for a, b in zip(fast.method.parameters(), plain.method.parameters()):
+        if a.grad is not None:
+            assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-5)
 
 
 def _step(method_name: str, sets=()):

@@ -32,7 +32,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..attention import attention_kernel
 from ..backbones import Backbone
 from ..distributed import pick_device
 from ..engine.data import to_device
@@ -105,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
 def _setting(recipe: dict, train_step: TrainStep) -> str:
     return (f"{recipe['backbone']['arch']}, batch {recipe['data']['batch_size']}, {recipe['precision']}, "
             f"{train_step.device}, {torch.get_num_threads()} threads, attention kernel {train_step.attention}, "
+            f"conv input {train_step.conv_layout}, "
             + ("torch.compile (compiled in the warm-up steps)" if recipe["compile"] else "eager"))
 
 
@@ -141,7 +141,7 @@ def _against_lightly(args, recipe: dict, train_step: TrainStep, batch: dict, lig
 
 def _against_ideal(args, recipe: dict, train_step: TrainStep, batch: dict) -> int:
     """The method's step against its ideal encoder work (module docstring), interleaved."""
-    method, device, bf16 = train_step.method, train_step.device, train_step.bf16
+    method, device = train_step.method, train_step.device
     batch_size = recipe["data"]["batch_size"]
 
     # what the encoders see in one step: token calls (ViTs) or feature calls (ConvNets), with
@@ -195,7 +195,7 @@ def _against_ideal(args, recipe: dict, train_step: TrainStep, batch: dict) -> in
         total = 0.0
         for images, keep, mask in calls:
             if keep is None and mask is None:
-                out = encoder.model.forward_features(images)  # plain timm
+                out = encoder.model.forward_features(encoder.conv_input(images))  # plain timm
             else:
                 out = encoder.tokens(images, keep=keep, mask=mask).normed
             total = total + out.float().mean()
@@ -214,8 +214,7 @@ def _against_ideal(args, recipe: dict, train_step: TrainStep, batch: dict) -> in
         bare.zero_grad(set_to_none=True)
         for module in head_copies.values():
             module.zero_grad(set_to_none=True)
-        with (torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16),
-              attention_kernel(train_step.attention)):
+        with train_step.kernels():  # the method step's autocast, attention kernel and conv layout
             if teacher:
                 with torch.no_grad():
                     encode(bare_teacher, teacher)

@@ -4,6 +4,7 @@ clipping, the optimiser step and the EMA update of the teachers."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +12,7 @@ import torch.distributed as dist
 from timm.optim import Lars
 
 from ..attention import attention_kernel, resolve_attention
+from ..conv_layout import conv_layout, resolve_conv_layout
 from ..distributed import is_distributed
 from ..errors import UserError
 from ..methods import Method
@@ -124,19 +126,28 @@ class TrainStep:
         self.optimizer, self.schedules, self.device = optimizer, schedules, device
         self.bf16 = recipe["precision"] == "bf16"
         self.attention = resolve_attention(recipe["attention"], device, self.bf16)
+        self.conv_layout = resolve_conv_layout(recipe["conv_layout"], device)
         if recipe["compile"]:
             # the module is compiled on its first call; method keeps the plain parameters and state
             self.model = torch.compile(self.model)
         self.clip_grad = recipe["optim"]["clip_grad"]
         self.pairs = method.ema_pairs()
 
+    def kernels(self) -> contextlib.ExitStack:
+        """The forward's context: bf16 autocast (``precision``), the attention kernel
+        (``attention``), the layout of convolution input (``conv_layout``)."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16))
+        stack.enter_context(attention_kernel(self.attention))
+        stack.enter_context(conv_layout(self.conv_layout))
+        return stack
+
     def __call__(self, batch, step: int) -> StepResult:
         sched = self.schedules
         lr, wd = sched.lr(step), sched.weight_decay(step)
         apply_schedules(self.optimizer, lr, wd)
         self.method.step, self.method.total_steps = step, sched.total
-        with (torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16),
-              attention_kernel(self.attention)):  # the backward runs the kernel the forward chose
+        with self.kernels():  # the backward runs the kernels and layouts the forward chose
             loss, logs = self.model(batch)
         loss = loss.float()
         bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0], device=self.device)
