@@ -6,9 +6,9 @@ ResNet-50 at 96 px, batch 32: 1.09 against 1.21 s; the conv stem of ``vit_tiny_c
 tiny's views: 70 against 95 ms; a plain ViT's patch projection: no difference (25.1 against
 25.0 ms). So only ConvNets and conv stems get it (``Backbone.conv_input``). Only the input is
 laid out channels-last: the layout carries through the convolutions, and the parameters stay as
-they are, so checkpoints do not change. ``conv_layout: auto`` takes ``channels_last`` on CPU and leaves CUDA
-to torch's default (``contiguous``) until measured there (``ssl-bench bench pretrain --set
-conv_layout=channels_last``).
+they are, so checkpoints do not change. ``conv_layout: auto`` takes ``channels_last`` on CPU and
+leaves CUDA to torch's default (``contiguous``) until measured there (``ssl-bench bench pretrain
+--set conv_layout=channels_last``).
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ import torch
 
 from .errors import UserError
 
-_ACTIVE = contextvars.ContextVar("ssl_bench_channels_last", default=False)
-
-
 LAYOUTS = ("channels_last", "contiguous")
+_ACTIVE = contextvars.ContextVar("ssl_bench_channels_last", default=False)
 
 
 def resolve_conv_layout(choice: str, device: torch.device) -> str:
