@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..data import ImageFolderDataset, resolve
 from ..errors import UserError
-from ..evaluate import Evaluation, recipe_files, resolve_protocol_recipe
+from ..evaluate import Evaluation, loader_workers, recipe_files, resolve_protocol_recipe, resolve_recipes
 from ..progress import log, set_quiet
 from ..protocols import EvalContext
 from ..protocols._common import open_classification
@@ -113,8 +113,7 @@ def _threads(recipes: dict[str, Path | None]) -> int:
     OMP_NUM_THREADS given to the bench win), given to both timed processes alike."""
     parent = chosen()
     requested = parent.count if parent is not None and parent.source != "default" else None
-    workers = max(int(resolve_protocol_recipe(p, r).get("num_workers", 0)) for p, r in recipes.items())
-    return choose_threads(requested, workers).count
+    return choose_threads(requested, loader_workers(resolve_recipes(recipes))).count
 
 
 if __name__ == "__main__":  # the baseline's process: PROTOCOL RECIPE|'' CHECKPOINT DATA RESULTS DEVICE THREADS
