@@ -2,14 +2,15 @@
 # One-accelerator check: the device tests (pytest -m device), then each ViT method (MSN, ConMIM,
 # SiameseIM, MMC) trained for a time budget on the embedded data at ViT-S/16 (plain patch
 # embedding, 96 px, bf16), each followed by k-NN (protocols/knn_dino_tiny.yaml at the same size)
-# against random init of the same architecture; prints one Markdown table.
+# against random init of the same architecture read as the method reads its checkpoint (feature,
+# final norm, input filter); prints one Markdown table.
 #
 # Usage: scripts/device_check.sh [--seconds 60] [--device cuda] [--data sb-data] [--out runs/device_check]
 #            [--arch vit_small_patch16_224] [--img-size 96] [--batch-size 128] [--epochs 5] [--workers 8]
 #            [--python .venv/bin/python] [--tests PYTEST_K_EXPRESSION]
 # --seconds is each method's training budget (engine key max_train_seconds); --epochs sets the length
 # the lr / momentum schedules span. With the defaults one GPU needs about 7-8 minutes: the tests, four
-# times (model start-up + 60 s + k-NN), the random baseline. Tested on CPU with a tiny budget
+# times (model start-up + 60 s + k-NN), the random baselines. Tested on CPU with a tiny budget
 # (tests/test_device_check.py).
 set -euo pipefail
 
@@ -55,22 +56,38 @@ for method in msn conmim siameseim mmc; do
   sb eval "${knn[@]}" --checkpoint "$out/$method" >/dev/null
 done
 sb eval "${knn[@]}" --checkpoint "random:$arch" >/dev/null
+# the baseline also read as each method reads its checkpoint (feature, final norm, input filter),
+# as make demo does: a method is compared with random weights and nothing else
+"$python" - "$out" > "$out/matched_baselines.txt" <<'EOF'
+import sys
+from pathlib import Path
+from ssl_bench.checkpoints import load_spec
+from ssl_bench.demo import matched_baselines
+
+runs = [str(Path(sys.argv[1]) / method) for method in ("msn", "conmim", "siameseim", "mmc")]
+for _, sets in matched_baselines(runs, lambda spec: load_spec(spec).eval):
+    print(" ".join(f"--set {item}" for item in sets))
+EOF
+while read -r -a sets; do
+  sb eval "${knn[@]}" --checkpoint "random:$arch" "${sets[@]}" >/dev/null
+done < "$out/matched_baselines.txt"
 
 "$python" - "$out" "$results" "$arch" <<'EOF'
 import json, statistics, sys
 from pathlib import Path
-from ssl_bench.results import load_results
+from ssl_bench.checkpoints import load_spec
+from ssl_bench.results import feature_variant, load_results
 
 out, results, arch = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 table = load_results(results)
 knn = table[(table.protocol == "knn") & (table.metric == "top1_k20")]
 
-def top1(sha256):
-    rows = knn[knn.checkpoint_sha256 == sha256].sort_values("timestamp")
+def top1(sha256, features=""):
+    rows = knn[(knn.checkpoint_sha256 == sha256) & (knn.features == features)].sort_values("timestamp")
     return float(rows.value.iloc[-1]) if len(rows) else float("nan")
 
-base = top1(f"random:{arch}:seed0")
-print(f"\n| method | steps | train s | img/s (median) | k-NN top-1 (k=20) | random:{arch} | delta |")
+random_reads = load_spec(f"random:{arch}").eval
+print(f"\n| method | steps | train s | img/s (median) | k-NN top-1 (k=20) | random:{arch}, read alike | delta |")
 print("| --- | --- | --- | --- | --- | --- | --- |")
 for method in ("msn", "conmim", "siameseim", "mmc"):
     meta = json.loads((out / method / "checkpoint.json").read_text())
@@ -78,6 +95,7 @@ for method in ("msn", "conmim", "siameseim", "mmc"):
     batch = meta["recipe"]["data"]["batch_size"]
     seconds = sum(batch / row["img_s"] for row in log)
     value = top1(meta["weights"]["sha256"])
+    base = top1(f"random:{arch}:seed0", feature_variant(meta["eval"], random_reads))
     print(f"| {method} | {meta['step']} | {seconds:.0f} | {statistics.median(r['img_s'] for r in log):.0f} "
           f"| {value:.1f} | {base:.1f} | {value - base:+.1f} |")
 EOF

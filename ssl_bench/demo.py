@@ -7,7 +7,9 @@
 4. evaluate each checkpoint and the ``random:`` baseline of every architecture used on
    every protocol ``protocols/demo.yaml`` lists, with the recipe it names (without that file:
    every registered protocol with its package defaults), and the reference on the protocols
-   and recipes its file lists;
+   and recipes its file lists; on k-NN (the learning check) the baseline is also read as each
+   method's checkpoint is read (its feature, final norm and input filter), so that a method is
+   compared with random weights and nothing else;
 5. write ``leaderboards/embedded.{md,csv,html,png}``.
 
 Interrupted and rerun, it resumes: finished pretraining runs are reused by the engine,
@@ -20,6 +22,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import importlib.util
+import json
 import subprocess
 import sys
 import time
@@ -42,6 +45,12 @@ from .progress import log
 from .protocols import PROTOCOLS
 from .recipes import recipe_layers
 from .results import evaluation_key, stored_keys
+
+#: the protocols on which the random baselines are also evaluated as each method reads its own
+#: checkpoint: k-NN, the learning check (README "What the learning check measures"); seconds each
+MATCHED_BASELINE_PROTOCOLS = ("knn",)
+#: the evaluation conventions a baseline is matched on (``Checkpoint.eval``)
+MATCHED_CONVENTIONS = ("feature", "final_norm", "input_filter")
 
 
 @dataclass
@@ -192,17 +201,29 @@ class Demo:
 
         self.step(f"prepare embedded data ({lay.profile} profile) in {lay.data}",
                   lambda: prepare_if_needed(lay.data, profile=lay.profile))
-        specs = []
+        pretrained = []
         for method in methods:
             recipe = _tiny_recipe(lay.project / "pretrain", method)
             out = lay.runs / f"{method}_tiny"
             if self.step(f"pretrain {method} ({recipe})",
                          lambda r=recipe, o=out: pretrain(r, [f"data.root={lay.data}"], o)):
-                specs.append(str(out))
-        specs += [f"random:{arch}" for arch in archs]
+                pretrained.append(str(out))
+        specs = pretrained + [f"random:{arch}" for arch in archs]
         stored = stored_keys(lay.results)
         sha256 = functools.cache(weights_sha256)  # each checkpoint file hashed once
-        evaluations = {protocol: [(spec, recipe) for spec in specs] for protocol, recipe in protocols.items()}
+        sessions: dict[str, Evaluation] = {}
+
+        def session(spec: str) -> Evaluation:
+            if spec not in sessions:
+                sessions[spec] = Evaluation(spec, lay.data, results_dir=lay.results)
+            return sessions[spec]
+
+        evaluations = {protocol: [(spec, recipe, ()) for spec in specs] for protocol, recipe in protocols.items()}
+        matched = matched_baselines(pretrained, lambda spec: session(spec).checkpoint.eval)
+        for protocol in MATCHED_BASELINE_PROTOCOLS:
+            if protocol in evaluations:
+                evaluations[protocol] += [(spec, protocols[protocol], sets) for spec, sets in matched]
+                self.total += len(matched)
         if reference:
             weights = self.step(f"install the reference weights ({reference.package})",
                                 lambda: install_reference_weights(reference))
@@ -210,7 +231,7 @@ class Demo:
             if weights and self.step(f"import {weights.name} ({reference.layout} layout) into {reference.arch}",
                                      lambda: import_reference(reference, weights, out)):
                 for protocol, recipe in reference.protocols.items():
-                    evaluations[protocol].append((str(out), recipe))
+                    evaluations[protocol].append((str(out), recipe, ()))
 
         def write(formats=("md", "csv", "html", "png")):
             return write_leaderboard(lay.results, lay.leaderboard, formats)
@@ -220,19 +241,12 @@ class Demo:
         # rewritten after a protocol that added results; the page and plots (tens of seconds
         # to draw) once at the end. Each checkpoint is loaded once, and its protocols share the
         # features they extract (one ``Evaluation`` per checkpoint).
-        sessions: dict[str, Evaluation] = {}
-
-        def session(spec: str) -> Evaluation:
-            if spec not in sessions:
-                sessions[spec] = Evaluation(spec, lay.data, results_dir=lay.results)
-            return sessions[spec]
-
         for index, (protocol, runs) in enumerate(evaluations.items()):
             fresh = False
-            for spec, recipe in runs:
+            for spec, recipe, sets in runs:
 
-                def evaluate_once(spec=spec, protocol=protocol, recipe=recipe):
-                    resolved = resolve_protocol_recipe(protocol, recipe)
+                def evaluate_once(spec=spec, protocol=protocol, recipe=recipe, sets=sets):
+                    resolved = resolve_protocol_recipe(protocol, recipe, sets)
                     key = evaluation_key(sha256(spec), protocol, resolved)
                     if key in stored:
                         log("  already in the results store: skipped")
@@ -241,7 +255,8 @@ class Demo:
                     stored.add(key)
                     return outcome
 
-                outcome = self.step(f"evaluate {spec} with {protocol}", evaluate_once)
+                read_as = f" ({', '.join(sets)})" if sets else ""
+                outcome = self.step(f"evaluate {spec}{read_as} with {protocol}", evaluate_once)
                 fresh = fresh or outcome not in (None, "stored")
             if fresh and index < len(protocols) - 1:
                 log(f"updating {lay.leaderboard}.{{md,csv}}")
@@ -250,6 +265,25 @@ class Demo:
         for failure in lay.failures:
             log(f"FAILED {failure}")
         return 1 if lay.failures else 0
+
+
+def matched_baselines(runs: list[str], conventions_of) -> list[tuple[str, tuple[str, ...]]]:
+    """The random baselines read as the pretrained ``runs`` read their own checkpoints: for each
+    run whose evaluation conventions (feature, final norm, input filter) differ from those of
+    ``random:`` its architecture (``conventions_of(spec)``), that baseline with the recipe
+    overrides that make it read the same way; each distinct one once, in the order of ``runs``."""
+    matched: list[tuple[str, tuple[str, ...]]] = []
+    for run in runs:
+        meta = read_metadata(Path(run))
+        baseline = f"random:{meta['arch']}"
+        own, base = meta.get("eval", {}), conventions_of(baseline)
+        # JSON is YAML, as --set values are read (compact: no spaces, so a shell may split on them);
+        # no input filter is "none" (null would mean "auto")
+        sets = tuple(f"{key}={'none' if own.get(key) is None else json.dumps(own.get(key), separators=(',', ':'))}"
+                     for key in MATCHED_CONVENTIONS if own.get(key) != base.get(key))
+        if sets and (baseline, sets) not in matched:
+            matched.append((baseline, sets))
+    return matched
 
 
 def _recipe_arch(recipe: Path) -> str:

@@ -48,6 +48,7 @@ import numpy as np
 
 from .atomic import atomic_write, atomic_write_json
 from .errors import UserError
+from .filters import normalise_filter
 from .progress import progress
 from .provenance import code_version, describe_machine, library_versions, run_machine, utc_now
 
@@ -58,7 +59,7 @@ SCHEMA = 1
 RECORD_COLUMNS = ["checkpoint", "method", "arch", "protocol", "dataset", "metric", "value",
                   "checkpoint_sha256", "code_commit", "code_dirty", "torch", "machine", "wall_time_s",
                   "timestamp", "file",
-                  "seed", "split", "predictions", "predictions_key", "predictions_scale", "recipe_key", "imported"]
+                  "seed", "split", "predictions", "predictions_key", "predictions_scale", "recipe_key", "imported", "features"]
 PREDICTION_SCALES = (100.0, 1.0)  # percent, fraction
 
 
@@ -262,6 +263,24 @@ def stored_keys(results_dir: Path) -> set[str]:
             for _, payload in iter_evaluations(results_dir)}
 
 
+def feature_variant(record: dict, conventions: dict | None) -> str:
+    """How the features a record was measured on differ from its checkpoint's own evaluation
+    conventions (``conventions``: the ``eval`` stored with the result): ``""`` where they agree or
+    the protocol reads no such features, else e.g. ``"avgpool, no final norm"``. A table gives
+    such evaluations rows of their own (the demo's random baselines read as each method reads)."""
+    if "feature" not in record or not conventions:
+        return ""
+    parts = []
+    if record["feature"] != conventions.get("feature"):
+        parts.append(str(record["feature"]))
+    if "final_norm" in record and bool(record["final_norm"]) != bool(conventions.get("final_norm", True)):
+        parts.append("final norm" if record["final_norm"] else "no final norm")
+    wanted = normalise_filter(record.get("input_filter"), "stored record 'input_filter'")
+    if wanted != normalise_filter(conventions.get("input_filter"), "stored checkpoint 'input_filter'"):
+        parts.append(f"{wanted['name']} input filter, sigma {wanted['sigma']:g}" if wanted else "no input filter")
+    return ", ".join(parts)
+
+
 def _imported(audit: dict | None) -> str | None:
     """One line on where an imported checkpoint's weights came from (None: not imported)."""
     if not audit:
@@ -295,5 +314,6 @@ def load_results(results_dir: Path, *, strict: bool = False) -> pd.DataFrame:
                          "predictions_key": preds.get("key"),
                          "predictions_scale": preds.get("scale"),
                          "recipe_key": recipe_key(payload.get("recipe")),
-                         "imported": _imported(ckpt.get("import"))})
+                         "imported": _imported(ckpt.get("import")),
+                         "features": feature_variant(record, ckpt.get("eval"))})
     return pd.DataFrame(rows, columns=RECORD_COLUMNS)

@@ -90,6 +90,33 @@ def test_tables_grow_per_protocol_and_the_page_is_drawn_at_the_end(project, monk
     assert "lowshot" in (layout.leaderboard.parent / "embedded.md").read_text()
 
 
+def test_the_knn_baseline_is_also_read_as_each_method_reads(project, monkeypatch):
+    """A method whose checkpoint is read as avgpool without the final norm: the random baseline
+    of its architecture is evaluated on k-NN both its own way and that way, as a row of its own
+    whose stored features are the method's; a second run reuses both."""
+    layout, calls = project
+    conventions = {"feature": "avgpool", "final_norm": False, "input_filter": None}
+
+    def fake_pretrain(recipe, sets, out):
+        calls["pretrain"] += 1
+        out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(12345)
+        return save_checkpoint(out / "checkpoint", Backbone("vit_tiny_patch16_224", 32, 16, final_norm=False),
+                               {"method": "msn", "encoder": "target", "eval": conventions})
+
+    monkeypatch.setattr(demo_module, "pretrain", fake_pretrain)
+    demo = Demo(layout)
+    assert demo.run() == 0
+    assert calls["evaluate"] == 3 and (demo.done, demo.total) == (6, 6)
+    stored = [json.loads(path.read_text()) for path in (layout.results / "knn").glob("*.json")]
+    random_reads = sorted((r["records"][0]["feature"], r["records"][0]["final_norm"])
+                          for r in stored if r["checkpoint"]["method"] == "random")
+    assert random_reads == [("avgpool", False), ("cls", True)]
+    table = (layout.leaderboard.parent / "embedded.md").read_text()
+    assert "random init vit_tiny_patch16_224 [avgpool, no final norm]" in table
+    assert Demo(layout).run() == 0 and calls["evaluate"] == 3
+
+
 def test_demo_recipes_cover_every_protocol():
     recipes = protocol_recipes(PROJECT / "protocols")
     assert sorted(recipes) == sorted(PROTOCOLS.names())

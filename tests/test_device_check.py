@@ -28,11 +28,20 @@ def test_device_check_script_on_cpu(tmp_path):
     assert rows[0].startswith("| method | steps") and len(rows) == 2 + 4
     knn = load_results(out / "results")
     knn = knn[knn.metric == "top1_k20"]
-    base = float(knn[knn.checkpoint_sha256 == "random:vit_tiny_patch16_224:seed0"].value.iloc[0])
+    # the random baseline as stored: read its own way (cls) and as each method reads (MSN cls_prenorm,
+    # ConMIM and MMC avgpool, SiameseIM avgpool without the final norm)
+    reads = {}
+    for path in (out / "results" / "knn").glob("*.json"):
+        payload = json.loads(path.read_text())
+        if payload["checkpoint"]["method"] == "random":
+            record = next(r for r in payload["records"] if r["metric"] == "top1_k20")
+            reads[(record["feature"], record["final_norm"])] = record["value"]
+    assert sorted(reads) == [("avgpool", False), ("avgpool", True), ("cls", True), ("cls_prenorm", True)]
     for row, method in zip(rows[2:], ("msn", "conmim", "siameseim", "mmc")):
         cells = [c.strip() for c in row.strip("|").split("|")]
         meta = json.loads((out / method / "checkpoint.json").read_text())
         value = float(knn[knn.checkpoint_sha256 == meta["weights"]["sha256"]].value.iloc[0])
+        base = reads[(meta["eval"]["feature"], meta["eval"]["final_norm"])]
         assert cells[0] == method and int(cells[1]) == meta["step"] >= 1
         assert float(cells[4]) == round(value, 1) and float(cells[5]) == round(base, 1)
         assert meta["recipe"]["max_train_seconds"] == 1 and meta["recipe"]["precision"] == "bf16"

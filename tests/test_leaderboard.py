@@ -322,6 +322,32 @@ def test_an_older_recipe_is_left_out_and_seeds_of_the_latest_are_averaged(tmp_pa
     assert "Measured: 3 evaluations" in " ".join(table.legend())
 
 
+def test_a_baseline_read_as_a_method_reads_is_a_row_of_its_own(tmp_path):
+    """random: evaluated with its own conventions (cls, final norm) and, later, with a method's
+    (avgpool, no final norm): two rows, neither left out as an older recipe; a later repeat of
+    the second is averaged into it."""
+    root = tmp_path / "results"
+    own = {"feature": "cls", "final_norm": True, "input_filter": None}
+    ckpt = {**RANDOM, "eval": own}
+
+    def knn(value, feature, final_norm, timestamp, seed=0):
+        path = write_evaluation(root, protocol="knn", checkpoint=ckpt, wall_time_s=1.0,
+                                recipe={"feature": feature, "final_norm": final_norm, "seed": seed},
+                                records=[{"dataset": "embedded", "metric": "top1_k20", "value": value,
+                                          "feature": feature, "final_norm": final_norm, "input_filter": None}])
+        _stamp(path, timestamp)
+
+    knn(11.4, "cls", True, "2026-12-01T10:00:00+00:00")
+    knn(13.6, "avgpool", False, "2026-12-01T11:00:00+00:00")
+    knn(14.0, "avgpool", False, "2026-12-01T12:00:00+00:00", seed=1)
+    table = build_table(load_results(root), n_boot=0)
+    matched = f"{ROW_RANDOM} [avgpool, no final norm]"
+    assert table.rows == [ROW_RANDOM, matched]
+    assert table.mean.at[ROW_RANDOM, KNN] == 11.4
+    assert table.mean.at[matched, KNN] == pytest.approx(13.8) and table.count.at[matched, KNN] == 2
+    assert not any(line.startswith("Left out") for line in table.legend())
+
+
 def test_markdown_leads_with_headline_metrics_then_one_section_per_protocol(tmp_path):
     root = tmp_path / "results"
     _write(root, "lowshot", MSN, [{"dataset": "embedded", "metric": m, "value": v}

@@ -5,7 +5,7 @@ import multiprocessing as mp
 import pandas as pd
 
 from ssl_bench.leaderboard import pivot, render
-from ssl_bench.results import evaluation_key, load_results, stored_keys, write_evaluation
+from ssl_bench.results import evaluation_key, feature_variant, load_results, stored_keys, write_evaluation
 
 WRITERS, PER_WRITER = 8, 50
 
@@ -84,3 +84,18 @@ def test_evaluation_key_is_checkpoint_protocol_and_the_whole_recipe(tmp_path):
                   evaluation_key("h1", "knn", {**recipe, "transform": {"crop": 96}})):
         assert other not in keys
     assert stored_keys(tmp_path / "no-store-yet") == set()
+
+
+def test_feature_variant_names_what_differs_from_the_checkpoints_own_reading():
+    own = {"feature": "cls", "final_norm": True, "input_filter": None}
+    record = {"feature": "cls", "final_norm": True, "input_filter": None}
+    assert feature_variant(record, own) == ""
+    assert feature_variant({"value": 1.0}, own) == ""  # a protocol that reads no such features
+    assert feature_variant({**record, "feature": "avgpool", "final_norm": False}, own) == "avgpool, no final norm"
+    assert feature_variant({**record, "feature": "cls_prenorm"}, own) == "cls_prenorm"
+    highpass = {"name": "highpass", "sigma": 5}
+    assert feature_variant({**record, "input_filter": highpass}, own) == "highpass input filter, sigma 5"
+    # the same filter written two ways is the same reading; removing a checkpoint's filter is not
+    assert feature_variant({**record, "input_filter": {"name": "highpass", "sigma": 5.0}},
+                           {**own, "input_filter": "highpass:5"}) == ""
+    assert feature_variant(record, {**own, "input_filter": highpass}) == "no input filter"

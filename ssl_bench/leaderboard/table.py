@@ -51,13 +51,18 @@ def _text(value) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
-def measured_label(checkpoint, method, arch) -> str:
-    """Row label of a measured checkpoint: ``method arch (checkpoint label)``.
+def measured_label(checkpoint, method, arch, features="") -> str:
+    """Row label of a measured checkpoint: ``method arch (checkpoint label)``, then ``[features]``
+    where the evaluation read other features than the checkpoint's own (``results.feature_variant``).
 
     ``random:ARCH`` -> ``random init ARCH``; ``timm:``/``foreign:`` and imported checkpoints -> their label;
     the checkpoint label is dropped where it only repeats method and architecture.
     """
-    checkpoint, method, arch = _text(checkpoint), _text(method), _text(arch)
+    label = _checkpoint_label(_text(checkpoint), _text(method), _text(arch))
+    return f"{label} [{features}]" if _text(features) else label
+
+
+def _checkpoint_label(checkpoint: str, method: str, arch: str) -> str:
     if checkpoint.startswith("random:") or method == "random":
         return f"random init {arch or checkpoint.partition(':')[2]}"
     if method in ("timm", "foreign", "import") and checkpoint:
@@ -404,11 +409,11 @@ def check_formats(formats) -> list[str]:
 def _measured_cells(records: pd.DataFrame, *, n_boot: int, confidence: float, seed: int) -> pd.DataFrame:
     records = records.copy()
     for column in ("method", "arch", "checkpoint_sha256", "predictions", "predictions_key",
-                   "predictions_scale", "file"):
+                   "predictions_scale", "file", "features"):
         if column not in records.columns:
             records[column] = None
-    records["row"] = [measured_label(c, m, a) for c, m, a in
-                      zip(records["checkpoint"], records["method"], records["arch"])]
+    records["row"] = [measured_label(c, m, a, f) for c, m, a, f in
+                      zip(records["checkpoint"], records["method"], records["arch"], records["features"])]
     records["kind"] = [_row_kind(c, m) for c, m in zip(records["checkpoint"], records["method"])]
     # one label, several different checkpoints (same name, other weights): tell them apart
     hashes = records.groupby("row")["checkpoint_sha256"].nunique()
@@ -582,17 +587,22 @@ def _listed(values) -> str:
 
 
 def latest_recipe_only(records: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """Per (checkpoint, protocol), the records of the most recent evaluation's recipe (seeds
-    aside): repeats of that experiment are averaged, while evaluations under an older, different
-    recipe are left out rather than mixed in. Returns (kept records, evaluations left out)."""
+    """Per (checkpoint, protocol, features read), the records of the most recent evaluation's
+    recipe (seeds aside): repeats of that experiment are averaged, while evaluations under an
+    older, different recipe are left out rather than mixed in. Evaluations that read other
+    features than the checkpoint's own (``features``) are rows of their own, not older recipes.
+    Returns (kept records, evaluations left out)."""
     if "recipe_key" not in records.columns:
         return records, 0
     checkpoint = records["checkpoint_sha256"].fillna(records["checkpoint"]).astype(str)
+    features = (records["features"] if "features" in records.columns else pd.Series("", index=records.index))
+    features = features.fillna("").astype(str)
     keys = records["recipe_key"].fillna("")
-    evaluations = records.assign(_ckpt=checkpoint, _key=keys).drop_duplicates(["file", "_ckpt", "protocol"])
+    evaluations = (records.assign(_ckpt=checkpoint, _features=features, _key=keys)
+                   .drop_duplicates(["file", "_ckpt", "protocol", "_features"]))
     latest = (evaluations.sort_values(["timestamp", "file"], na_position="first")
-              .groupby(["_ckpt", "protocol"])["_key"].last())
-    wanted = pd.Series(list(zip(checkpoint, records["protocol"])), index=records.index).map(latest)
+              .groupby(["_ckpt", "protocol", "_features"])["_key"].last())
+    wanted = pd.Series(list(zip(checkpoint, records["protocol"], features)), index=records.index).map(latest)
     keep = keys.eq(wanted)
     left_out = records.loc[~keep, "file"].nunique()
     return records[keep], int(left_out)
