@@ -66,7 +66,10 @@ def protocol_figure(table, protocol: str) -> Figure:
     ncols = min(3, len(columns))
     nrows = math.ceil(len(columns) / ncols)
     per_panel = max(int(mean[col].notna().sum()) for col in columns)
-    fig = _figure(figsize=(5.2 * ncols + 1.5, nrows * (0.9 + 0.32 * per_panel)), layout="constrained")
+    # each panel: its row labels (about 0.068 in per character at font size 8) beside 2.4 in of bars
+    longest = max(len(str(row)) for col in columns for row in mean[col].dropna().index)
+    fig = _figure(figsize=(ncols * (2.4 + 0.068 * longest) + 0.5, nrows * (0.9 + 0.32 * per_panel)),
+                  layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax, col in zip(axes.flat, columns):
         values = mean[col].dropna()
