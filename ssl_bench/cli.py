@@ -22,7 +22,7 @@ from typing import Callable
 from . import __version__
 from .errors import UserError, one_line
 from .launch import LaunchOptions, add_launcher_arguments, launch
-from .progress import set_quiet
+from .progress import end_bars, set_quiet
 
 SET_HELP = "override a recipe key, e.g. --set optim.lr=0.001 (repeatable)"
 DEVICE_HELP = "auto (CUDA if available), cpu or cuda[:N]"
@@ -468,12 +468,15 @@ def main(argv: list[str] | None = None) -> int:
         _start_threads(args)
         return args.run(args)
     except UserError as err:
+        end_bars()
         print(f"ssl-bench: error: {one_line(err)}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
+        end_bars()
         print("ssl-bench: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the last-resort handler: any other failure is a bug
+        end_bars()
         saved = _save_traceback(argv)
         print(f"ssl-bench: internal error: {type(err).__name__}: {one_line(err)[:300]} (a bug, not bad input; "
               f"traceback saved to {saved}; please report it)", file=sys.stderr)

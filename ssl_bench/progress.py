@@ -29,6 +29,13 @@ def progress(iterable: Iterable[T] | None = None, *, desc: str = "", total: int 
                 disable=_quiet, file=sys.stderr, dynamic_ncols=True, **kwargs)
 
 
+def end_bars() -> None:
+    """Close every bar still open (an exception left it so); each clears its line, so that the
+    message printed next starts on a clean line. tqdm keeps its live bars in ``tqdm._instances``."""
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def log(message: str) -> None:
     """A status line on stderr (silenced by ``--quiet``); stdout stays for results."""
     if not _quiet:

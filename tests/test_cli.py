@@ -1,12 +1,16 @@
 """The command line contract: subcommands, exit code 2 and one-line errors on bad input."""
 
+import dataclasses
 import json
 import subprocess
 import sys
 
 import pytest
 
+import ssl_bench.cli as cli
 from ssl_bench.cli import main
+from ssl_bench.errors import UserError
+from ssl_bench.progress import progress
 
 
 def run_cli(*args, cwd=None):
@@ -114,3 +118,21 @@ def test_a_user_error_from_a_data_loader_worker_is_its_own_one_line():
         next(iter(DataLoader(Broken(), num_workers=1)))
     assert "Traceback" in str(caught.value)  # what torch makes of it
     assert one_line(caught.value) == "images/0.JPEG: cannot be read as an image"
+
+
+def test_an_error_line_starts_on_a_clean_line_after_an_open_progress_bar(monkeypatch, capsys):
+    """A command failing inside a loop with a progress bar (no --quiet): the bar is cleared before
+    the error, so a terminal shows the error alone on its line, not after the bar's text."""
+    def failing(args):
+        bar = progress(total=10, desc="working through the data")
+        bar.update(3)
+        raise UserError("broken input")
+
+    monkeypatch.setitem(cli.COMMANDS, "leaderboard", dataclasses.replace(cli.COMMANDS["leaderboard"], run=failing))
+    assert main(["leaderboard"]) == 2
+    last_line = capsys.readouterr().err.rstrip("\n").split("\n")[-1]
+    assert "working through the data" in last_line  # the bar was drawn on this line
+    screen = ""  # what a terminal shows: each carriage return writes over the line from its start
+    for segment in last_line.split("\r"):
+        screen = segment + screen[len(segment):]
+    assert screen.rstrip() == "ssl-bench: error: broken input"
