@@ -44,13 +44,11 @@ from .methods import METHODS
 from .progress import log
 from .protocols import PROTOCOLS
 from .recipes import recipe_layers
-from .results import evaluation_key, stored_keys
+from .results import evaluation_key, reading_differences, stored_keys
 
 #: the protocols on which the random baselines are also evaluated as each method reads its own
 #: checkpoint: k-NN, the learning check (README "What the learning check measures"); seconds each
 MATCHED_BASELINE_PROTOCOLS = ("knn",)
-#: the evaluation conventions a baseline is matched on (``Checkpoint.eval``)
-MATCHED_CONVENTIONS = ("feature", "final_norm", "input_filter")
 
 
 @dataclass
@@ -276,11 +274,11 @@ def matched_baselines(runs: list[str], conventions_of) -> list[tuple[str, tuple[
     for run in runs:
         meta = read_metadata(Path(run))
         baseline = f"random:{meta['arch']}"
-        own, base = meta.get("eval", {}), conventions_of(baseline)
+        differences = reading_differences(meta.get("eval", {}), conventions_of(baseline))
         # JSON is YAML, as --set values are read (compact: no spaces, so a shell may split on them);
         # no input filter is "none" (null would mean "auto")
-        sets = tuple(f"{key}={'none' if own.get(key) is None else json.dumps(own.get(key), separators=(',', ':'))}"
-                     for key in MATCHED_CONVENTIONS if own.get(key) != base.get(key))
+        sets = tuple(f"{key}={'none' if value is None else json.dumps(value, separators=(',', ':'))}"
+                     for key, value in differences.items())
         if sets and (baseline, sets) not in matched:
             matched.append((baseline, sets))
     return matched

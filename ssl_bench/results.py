@@ -59,7 +59,8 @@ SCHEMA = 1
 RECORD_COLUMNS = ["checkpoint", "method", "arch", "protocol", "dataset", "metric", "value",
                   "checkpoint_sha256", "code_commit", "code_dirty", "torch", "machine", "wall_time_s",
                   "timestamp", "file",
-                  "seed", "split", "predictions", "predictions_key", "predictions_scale", "recipe_key", "imported", "features"]
+                  "seed", "split", "predictions", "predictions_key", "predictions_scale", "recipe_key", "imported",
+                  "features"]
 PREDICTION_SCALES = (100.0, 1.0)  # percent, fraction
 
 
@@ -263,6 +264,21 @@ def stored_keys(results_dir: Path) -> set[str]:
             for _, payload in iter_evaluations(results_dir)}
 
 
+def reading_differences(reading: dict, conventions: dict) -> dict:
+    """The parts of ``reading`` (its ``feature``, ``final_norm`` and ``input_filter``) that differ
+    from a checkpoint's evaluation ``conventions``, with their values: a final norm compared as a
+    flag, input filters in the form ``filters.normalise_filter`` gives them (None: no filter)."""
+    differences = {}
+    if reading.get("feature") != conventions.get("feature"):
+        differences["feature"] = reading.get("feature")
+    if "final_norm" in reading and bool(reading["final_norm"]) != bool(conventions.get("final_norm", True)):
+        differences["final_norm"] = bool(reading["final_norm"])
+    wanted = normalise_filter(reading.get("input_filter"), "input_filter of the reading")
+    if wanted != normalise_filter(conventions.get("input_filter"), "input_filter of the checkpoint"):
+        differences["input_filter"] = wanted
+    return differences
+
+
 def feature_variant(record: dict, conventions: dict | None) -> str:
     """How the features a record was measured on differ from its checkpoint's own evaluation
     conventions (``conventions``: the ``eval`` stored with the result): ``""`` where they agree or
@@ -271,13 +287,13 @@ def feature_variant(record: dict, conventions: dict | None) -> str:
     if "feature" not in record or not conventions:
         return ""
     parts = []
-    if record["feature"] != conventions.get("feature"):
-        parts.append(str(record["feature"]))
-    if "final_norm" in record and bool(record["final_norm"]) != bool(conventions.get("final_norm", True)):
-        parts.append("final norm" if record["final_norm"] else "no final norm")
-    wanted = normalise_filter(record.get("input_filter"), "stored record 'input_filter'")
-    if wanted != normalise_filter(conventions.get("input_filter"), "stored checkpoint 'input_filter'"):
-        parts.append(f"{wanted['name']} input filter, sigma {wanted['sigma']:g}" if wanted else "no input filter")
+    for key, value in reading_differences(record, conventions).items():
+        if key == "feature":
+            parts.append(str(value))
+        elif key == "final_norm":
+            parts.append("final norm" if value else "no final norm")
+        else:
+            parts.append(f"{value['name']} input filter, sigma {value['sigma']:g}" if value else "no input filter")
     return ", ".join(parts)
 
 
