@@ -17,6 +17,9 @@ Feature kinds (``Backbone.features``):
     ``cls_lastN``     CLS tokens of the last N blocks, each through the final norm,
                       concatenated (DINO linear eval, N=4 for ViT-S)
 
+``cls`` and ``cls_prenorm`` run the last block for the CLS token alone (``Backbone.tokens``
+``prefix_only``): the same features, with the last block's patch outputs left uncomputed.
+
 BEiT at another token grid than the one it was built for: its relative position bias
 tables are read for that grid (a smaller grid takes its offsets from the table exactly, a
 larger one resizes the table with timm's ``resize_rel_pos_bias_table``, BEiT's rule), on
@@ -32,8 +35,9 @@ import timm
 import torch
 from timm.layers import HybridEmbed, resample_abs_pos_embed, resize_rel_pos_bias_table
 from timm.models.beit import Beit, gen_relative_position_index
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import Attention, Block, VisionTransformer
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from . import architectures  # noqa: F401  (registers the conv-stem ViTs and BEiT sizes with timm)
 from .conv_layout import conv_input
@@ -49,7 +53,8 @@ class Tokens:
 
     ``prenorm``/``normed`` hold the prefix (CLS) tokens followed by the encoded patch
     tokens, in the order they were given (all patches, or the kept subset under patch
-    drop). ``intermediates`` maps a 0-based block index to that block's output.
+    drop); after a ``prefix_only`` forward, the prefix tokens alone. ``intermediates`` maps a
+    0-based block index to that block's output.
     """
 
     prenorm: Tensor
@@ -57,6 +62,7 @@ class Tokens:
     grid: tuple[int, int]
     num_prefix: int
     intermediates: dict[int, Tensor] = field(default_factory=dict)
+    prefix_only: bool = False
 
     @property
     def cls(self) -> Tensor:
@@ -68,6 +74,8 @@ class Tokens:
 
     @property
     def patches(self) -> Tensor:
+        if self.prefix_only:
+            raise ValueError("a prefix_only forward has no patch tokens; encode without prefix_only")
         return self.normed[:, self.num_prefix:]
 
     def to_grid(self, tokens: Tensor) -> Tensor:
@@ -167,7 +175,7 @@ class Backbone(nn.Module):
 
     # ----- ViT token API -------------------------------------------------------------
     def tokens(self, images: Tensor, *, mask: Tensor | None = None, keep: Tensor | None = None,
-               blocks: tuple[int, ...] | list[int] = ()) -> Tokens:
+               blocks: tuple[int, ...] | list[int] = (), prefix_only: bool = False) -> Tokens:
         """Encode ``images`` and return the token outputs.
 
         mask: (B, N) or (B, h, w) bool, True where a patch is replaced by the learnable
@@ -175,6 +183,9 @@ class Backbone(nn.Module):
         keep: (K,) or (B, K) indices of the patch tokens to encode (patch drop, MSN /
             MAE style); the prefix (CLS) tokens are always kept.
         blocks: 0-based indices of blocks whose outputs are returned as intermediates.
+        prefix_only: the last block computes the prefix (CLS) tokens alone, which still attend
+            to every token (``last_block_prefix``): the same CLS outputs for about 1/depth less
+            work, for a caller that reads nothing else.
         """
         self._require_vit("token outputs")
         x = self.embed_patches(images)  # (B, h, w, C)
@@ -190,15 +201,20 @@ class Backbone(nn.Module):
                 raise UserError(f"{self.arch}: patch drop needs a ViT with absolute positions; a BEiT's "
                                 "relative position bias is defined on the full grid")
             x = self._keep_tokens(x, keep)
+        if prefix_only and not self.num_prefix:
+            raise UserError(f"{self.arch} has no prefix (CLS) token to encode alone")
         wanted = {b % self.depth for b in blocks}
         intermediates: dict[int, Tensor] = {}
         shared = self.shared_bias((h, w))
         for index, block in enumerate(self.model.blocks):
-            x = self.run_block(block, x, (h, w), shared)
+            if prefix_only and index == self.depth - 1:
+                x = self.last_block_prefix(block, x, (h, w), shared)
+            else:
+                x = self.run_block(block, x, (h, w), shared)
             if index in wanted:
                 intermediates[index] = x
         return Tokens(prenorm=x, normed=self.model.norm(x), grid=(h, w), num_prefix=self.num_prefix,
-                      intermediates=intermediates)
+                      intermediates=intermediates, prefix_only=prefix_only)
 
     def embed_patches(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, h, w, C) patch embeddings (patch projection or conv stem)."""
@@ -252,6 +268,29 @@ class Backbone(nn.Module):
         finally:
             del attn._get_rel_pos_bias
 
+    def last_block_prefix(self, block: nn.Module, x: Tensor, grid: tuple[int, int],
+                          shared: Tensor | None = None) -> Tensor:
+        """``run_block(block, x)[:, :num_prefix]``; for a plain timm ViT block, computed for the
+        prefix tokens alone: their queries, attention output, projection and MLP, against keys and
+        values of every token. timm has no such forward (its attention pooling is a new head), so
+        it is written here from the block's own modules; any other block runs whole."""
+        n, attn = self.num_prefix, getattr(block, "attn", None)
+        if type(block) is not Block or type(attn) is not Attention or getattr(attn, "gate", None) is not None:
+            return self.run_block(block, x, grid, shared)[:, :n]
+        batch, length, _ = x.shape
+        heads, width = attn.num_heads, attn.attn_dim
+        y = block.norm1(x)
+        weight, bias = attn.qkv.weight, attn.qkv.bias
+        q = F.linear(y[:, :n], weight[:width], None if bias is None else bias[:width])
+        k, v = F.linear(y, weight[width:], None if bias is None else bias[width:]).reshape(
+            batch, length, 2, heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q = attn.q_norm(q.reshape(batch, n, heads, attn.head_dim).transpose(1, 2))
+        out = F.scaled_dot_product_attention(q, attn.k_norm(k), v,
+                                             dropout_p=attn.attn_drop.p if attn.training else 0.0)
+        out = attn.proj_drop(attn.proj(attn.norm(out.transpose(1, 2).reshape(batch, n, width))))
+        prefix = x[:, :n] + block.drop_path1(block.ls1(out))
+        return prefix + block.drop_path2(block.ls2(block.mlp(block.norm2(prefix))))
+
     def shared_bias(self, grid: tuple[int, int], prefix: bool = True) -> Tensor | None:
         """A BEiT's shared relative position bias for an h x w grid (with the CLS row and column
         when ``prefix``), or None."""
@@ -281,11 +320,10 @@ class Backbone(nn.Module):
             out = self.tokens(images, blocks=range(self.depth - n, self.depth))
             return torch.cat([self.model.norm(out.intermediates[i])[:, 0]
                               for i in sorted(out.intermediates)], dim=-1)
+        if kind in ("cls", "cls_prenorm"):
+            out = self.tokens(images, prefix_only=True)
+            return out.cls if kind == "cls" else out.cls_prenorm
         out = self.tokens(images)
-        if kind == "cls":
-            return out.cls
-        if kind == "cls_prenorm":
-            return out.cls_prenorm
         if kind == "avgpool":
             return out.patches.mean(dim=1)
         if kind == "cls+avgpool":

@@ -71,6 +71,34 @@ def test_patch_drop_equals_forward_over_kept_tokens(pair, images):
                           ours.tokens(images, keep=shared.expand(2, -1)).normed, atol=1e-6)
 
 
+def test_cls_alone_through_the_last_block_matches_timm_with_gradients(pair, images):
+    """prefix_only computes the last block for the CLS token alone: its value and every
+    gradient equal timm's full forward read at the CLS token."""
+    ours, reference = pair
+    keep = torch.tensor([1, 6, 7, 10, 14])
+    embedded = reference._pos_embed(reference.patch_embed(images))
+    kept = torch.cat([embedded[:, :1], embedded[:, 1:][:, keep]], dim=1)
+    weights = torch.randn(192, generator=torch.Generator().manual_seed(5))
+    (reference.norm(reference.blocks(kept))[:, 0] @ weights).sum().backward()
+    out = ours.tokens(images, keep=keep, prefix_only=True)
+    assert out.normed.shape == (2, 1, 192)  # the prefix alone
+    assert torch.allclose(out.cls, reference.norm(reference.blocks(kept))[:, 0], atol=1e-6)
+    (out.cls @ weights).sum().backward()
+    theirs = dict(reference.named_parameters())
+    for name, param in ours.model.named_parameters():
+        if theirs[name].grad is None:
+            assert param.grad is None or not param.grad.any(), name
+        else:
+            want = theirs[name].grad  # equal up to float rounding, relative to the gradient's size
+            assert (param.grad - want).norm() <= 1e-5 * want.norm(), name
+    last = ours.model.blocks[-1]
+    assert last.mlp.fc1.weight.grad.abs().sum() > 0 and last.attn.qkv.weight.grad[192:].abs().sum() > 0
+    ours.zero_grad(set_to_none=True)
+    reference.zero_grad(set_to_none=True)
+    with pytest.raises(ValueError, match="no patch tokens"):
+        out.patches
+
+
 @torch.no_grad()
 def test_mask_token_replaces_patches_before_position_embedding(pair, images):
     ours, _ = pair
@@ -160,6 +188,11 @@ def test_beit_tokens_match_timm_at_its_size(beit, images):
     everything = torch.ones(2, 16, dtype=torch.bool)
     assert torch.allclose(beit.tokens(images, mask=everything).normed,
                           beit.tokens(torch.randn(2, 3, 64, 64), mask=everything).normed, atol=1e-6)
+
+
+@torch.no_grad()
+def test_beit_cls_alone_runs_its_last_block_whole(beit, images):
+    assert torch.equal(beit.tokens(images, prefix_only=True).cls, beit.tokens(images).cls)
 
 
 @torch.no_grad()

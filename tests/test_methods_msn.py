@@ -43,20 +43,21 @@ def test_patch_drop_is_shared_across_the_batch(tmp_path):
     original = method.backbone.tokens
 
     def spy(images, **kw):
-        seen.append((images.shape[0], kw.get("keep")))
-        out = original(images, **kw)
-        seen.append(out.prenorm.shape[1])
-        return out
+        seen.append((images.shape[0], kw.get("keep"), kw.get("prefix_only")))
+        return original(images, **kw)
 
+    lengths = []  # tokens entering the first block, per call
+    method.backbone.model.blocks[0].register_forward_hook(lambda _m, inputs, _out: lengths.append(inputs[0].shape[1]))
     method.backbone.tokens = spy
     batch = {"anchors": torch.randn(3, 1, 3, 64, 64), "focal": torch.randn(3, 2, 3, 32, 32),
              "target": torch.randn(3, 3, 64, 64),
              "keep": torch.stack([torch.randperm(16)[:11] for _ in range(3)])}
     method.loss(batch)
-    (n_anchor, keep), anchor_len, (n_focal, focal_keep), focal_len = seen
+    (n_anchor, keep, anchor_cls_only), (n_focal, focal_keep, focal_cls_only) = seen
     assert n_anchor == 3 and torch.equal(keep, batch["keep"][0]) and keep.dim() == 1  # one draw, all images
-    assert anchor_len == 1 + 11           # CLS + floor(16 * 0.7) kept patches
-    assert n_focal == 6 and focal_keep is None and focal_len == 1 + 4  # focal views are not dropped
+    assert n_focal == 6 and focal_keep is None  # focal views are not dropped
+    assert lengths == [1 + 11, 1 + 4]  # CLS + floor(16 * 0.7) kept patches; CLS + 2x2 focal patches
+    assert anchor_cls_only and focal_cls_only  # MSN reads the CLS token alone
 
 
 def test_focal_and_random_crop_scales():

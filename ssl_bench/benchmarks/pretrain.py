@@ -8,7 +8,8 @@ hits both alike:
   and decoder, loss, non-finite check, backward, clipping, optimiser step, EMA update;
 - **ideal**: fresh timm encoders of the same architecture doing exactly the encoder work of
   that step: forward + backward of the online encoder over the inputs it saw (same images,
-  same kept or masked tokens) with a mean loss, plus a no-grad forward of the teacher encoder
+  same kept or masked tokens, the CLS token alone through the last block where the method reads
+  nothing else) with a mean loss, plus a no-grad forward of the teacher encoder
   over the inputs the teacher saw (EMA methods), plus copies of the heads the method is defined
   with (``Method.essential_heads``: ConMIM's projector, SiameseIM's decoder) run on the inputs they
   saw, with gradients where the method had them. It leaves out the other heads, the loss, the
@@ -150,12 +151,12 @@ def _against_ideal(args, recipe: dict, train_step: TrainStep, batch: dict) -> in
     backbones = [m for m in method.modules() if isinstance(m, Backbone)]
     for backbone in backbones:
         def spy_tokens(images, _original=backbone.tokens, **kw):
-            (online if torch.is_grad_enabled() else teacher).append((images, kw.get("keep"), kw.get("mask")))
+            (online if torch.is_grad_enabled() else teacher).append((images, kw))
             return _original(images, **kw)
 
         def spy_features(images, kind="cls", _original=backbone.features, _vit=backbone.is_vit):
             if not _vit:
-                (online if torch.is_grad_enabled() else teacher).append((images, None, None))
+                (online if torch.is_grad_enabled() else teacher).append((images, None))
             return _original(images, kind)
 
         backbone.tokens, backbone.features = spy_tokens, spy_features
@@ -193,11 +194,11 @@ def _against_ideal(args, recipe: dict, train_step: TrainStep, batch: dict) -> in
 
     def encode(encoder, calls):
         total = 0.0
-        for images, keep, mask in calls:
-            if keep is None and mask is None:
+        for images, kw in calls:
+            if not kw:  # a ConvNet's features, or a ViT's tokens without options
                 out = encoder.model.forward_features(encoder.conv_input(images))  # plain timm
             else:
-                out = encoder.tokens(images, keep=keep, mask=mask).normed
+                out = encoder.tokens(images, **kw).normed
             total = total + out.float().mean()
         return total
 
@@ -234,12 +235,14 @@ def _against_ideal(args, recipe: dict, train_step: TrainStep, batch: dict) -> in
         if not calls:
             continue
         if bare.is_vit:
-            tokens = sum(int(images.shape[0]) * (1 + (keep.shape[-1] if keep is not None
+            tokens = sum(int(images.shape[0]) * (1 + (kw["keep"].shape[-1] if kw.get("keep") is not None
                                                       else (images.shape[-1] // bare.patch_size) ** 2))
-                         for images, keep, _ in calls)
-            print(f"{name} tokens/step\t{tokens}")
+                         for images, kw in calls)
+            last = sum(int(images.shape[0]) for images, kw in calls if kw.get("prefix_only"))
+            print(f"{name} tokens/step\t{tokens}" + (f"\t(the CLS token alone through the last block for {last} "
+                                                      "images)" if last else ""))
         else:
-            print(f"{name} encoder images/step\t{sum(int(images.shape[0]) for images, _, _ in calls)}")
+            print(f"{name} encoder images/step\t{sum(int(images.shape[0]) for images, _ in calls)}")
     if head_calls:
         with_grad = sum(grad for _, _, grad in head_calls)
         print(f"head calls/step\t{with_grad}\t(with gradients; {len(head_calls) - with_grad} without)")

@@ -238,7 +238,7 @@ class MMC(Method):
                 t_pat.append(self._tokens_head(self.teacher_head_pat, t.patches))
             if "local" in batch:
                 local = batch["local"]
-                flat = self.teacher_backbone.tokens(local.flatten(0, 1)).cls
+                flat = self.teacher_backbone.tokens(local.flatten(0, 1), prefix_only=True).cls
                 keys = self.teacher_head_cls(flat).reshape(local.shape[0], local.shape[1], -1)
                 t_cls.extend(keys[:, i] for i in range(local.shape[1]))
         for v in range(views):

@@ -187,7 +187,9 @@ class MSN(Method):
         return MSNTransform(self.cfg, self.backbone.patch_size)
 
     def _encode(self, backbone: Backbone, head: nn.Module, images: Tensor, keep=None) -> Tensor:
-        return head(backbone.tokens(images, keep=keep).cls)
+        # MSN reads the CLS token alone (official deit.py: norm(x)[:, 0]), so the last block computes
+        # it alone: the same values, about 1/depth of the encoder's work less (Backbone.tokens)
+        return head(backbone.tokens(images, keep=keep, prefix_only=True).cls)
 
     def loss(self, batch: dict):
         c = self.cfg

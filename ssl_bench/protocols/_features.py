@@ -44,7 +44,10 @@ from ..filters import build_filter, normalise_filter
 from ..progress import log, progress
 from ..seeding import seeded
 
-CACHE_FORMAT = 1
+#: part of every cache key; raised when the same key would give other features (float rounding
+#: included), so no entry of older code is read: 2 = the CLS features run the last block for the
+#: CLS token alone (``Backbone.tokens`` ``prefix_only``)
+CACHE_FORMAT = 2
 EVAL_TRANSFORM_KEYS = ("resize", "crop", "interpolation", "mean", "std")
 
 INTERPOLATIONS = {"bicubic": TF.InterpolationMode.BICUBIC, "bilinear": TF.InterpolationMode.BILINEAR,
