@@ -33,6 +33,9 @@ def test_bench_pretrain_every_method(method, capsys):
         # msn_tiny: 64 px anchors (16 patches, 15% dropped -> 13 kept) + CLS, and 4 focal views
         # of 32 px (4 patches + CLS) per image; the target encoder runs without gradients
         assert int(table["online tokens/step"]) == 4 * (1 + 13) + 4 * 4 * (1 + 4)
+        # MSN reads the CLS token alone: 4 anchor + 16 focal views online, 4 target views
+        assert "online tokens/step\t136\t(the CLS token alone through the last block for 20 images)" in out
+        assert "teacher tokens/step\t68\t(the CLS token alone through the last block for 4 images)" in out
     if method == "mscn":
         assert "online encoder images/step" in table
     if method == "siameseim":
@@ -50,6 +53,13 @@ def test_bench_pretrain_every_method(method, capsys):
         assert f"head calls/step\t6\t(with gradients; {4 + local} without)" in out
     if method in ("msn", "mscn"):
         assert "head calls/step" not in table
+    # what lies above the ideal, split into the parts of the update that run alone: every tiny
+    # recipe has an optimiser; all but MSCN's (LARS, SimCLR-style) clip and keep teachers
+    parts = table["above the ideal"]
+    assert parts.endswith(" ms/step")
+    line = next(line for line in out.splitlines() if line.startswith("above the ideal\t"))
+    expected = ["optimiser step"] + ([] if method == "mscn" else ["clipping", "EMA"])
+    assert [part.rsplit(" ", 2)[0] for part in line.split("\t(")[1].split(";")[0].split(", ")] == expected
 
 
 LIGHTLY_ARGS = ["--quiet", "bench", "pretrain", "--method", "msn", "--against", "lightly", "--steps", "1",

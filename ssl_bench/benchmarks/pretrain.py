@@ -14,7 +14,9 @@ hits both alike:
   with (``Method.essential_heads``: ConMIM's projector, SiameseIM's decoder) run on the inputs they
   saw, with gradients where the method had them. It leaves out the other heads, the loss, the
   optimiser, the EMA and the glue between modules: their share is ``method / ideal`` - 1, and
-  their FLOPs (``torch.utils.flop_counter``) are shown as the step's against the ideal's.
+  their FLOPs (``torch.utils.flop_counter``) are shown as the step's against the ideal's. The
+  time above the ideal is split into the optimiser step, the clipping and the EMA update, each
+  timed alone after the interleaved steps, and the rest.
 
 ``--against lightly`` (MSN only) times the method's step against lightly's MSN instead, built
 from the same recipe (``ssl_bench.benchmarks._lightly_msn``), and prints ours/lightly images/s.
@@ -37,7 +39,7 @@ from ..backbones import Backbone
 from ..distributed import pick_device
 from ..engine.data import to_device
 from ..engine.recipe import build_method, resolve_precision, resolve_recipe
-from ..engine.step import Schedules, TrainStep, build_optimizer
+from ..engine.step import Schedules, TrainStep, build_optimizer, ema_update
 from ..errors import UserError
 from ..seeding import sample_seed, seeded
 from ._lightly_msn import LIGHTLY, build_lightly_step, import_lightly
@@ -223,6 +225,7 @@ def _against_ideal(args, recipe: dict, train_step: TrainStep, batch: dict) -> in
         total.backward()
 
     t_method, t_ideal = _interleaved(method_step, ideal_step, args.steps, args.warmup, device)
+    parts = _update_parts(train_step, args.steps, device)
     flops_method, flops_ideal = _flops(method_step, train_step), _flops(ideal_step)
     print(f"method\t{recipe['method']}")
     print(f"setting\t{_setting(recipe, train_step)}")
@@ -251,7 +254,27 @@ def _against_ideal(args, recipe: dict, train_step: TrainStep, batch: dict) -> in
     print(f"GFLOPs/step\t{flops_method / 1e9:.2f}\t(method; ideal {flops_ideal / 1e9:.2f}: what the ideal "
           f"leaves out adds {100 * (flops_method / flops_ideal - 1):.0f}%)")
     print(f"ratio\t{t_method / t_ideal:.3f}\t(method time / ideal time)")
+    above = t_method - t_ideal
+    print(f"above the ideal\t{above * 1e3:.1f} ms/step\t("
+          + ", ".join(f"{name} {seconds * 1e3:.1f} ms" for name, seconds in parts.items())
+          + f"; the rest, loss, heads outside the ideal and glue, {(above - sum(parts.values())) * 1e3:.1f} ms)")
     return 0
+
+
+def _update_parts(train_step: TrainStep, steps: int, device) -> dict[str, float]:
+    """Median seconds of the parts of the method's step after its backward, each run alone on the
+    gradients and states the last step left: the optimiser step, gradient clipping (where the
+    recipe clips) and the EMA update (where the method has teachers)."""
+    parts = {"optimiser step": train_step.optimizer.step}
+    if train_step.clip_grad > 0:
+        parts["clipping"] = train_step.clip_gradients
+    if train_step.pairs:
+        parts["EMA"] = lambda: ema_update(train_step.pairs, train_step.schedules.momentum(0))
+    times = {name: [] for name in parts}
+    for _ in range(steps):
+        for name, part in parts.items():
+            times[name].append(_seconds(part, device))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _callable_parts(module: nn.Module) -> list[nn.Module]:
@@ -267,14 +290,19 @@ def _interleaved(first, second, steps: int, warmup: int, device) -> tuple[float,
     times = ([], [])
     for _ in range(steps):
         for fn, out in zip((first, second), times):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            out.append(time.perf_counter() - start)
+            out.append(_seconds(fn, device))
     return statistics.median(times[0]), statistics.median(times[1])
+
+
+def _seconds(fn, device) -> float:
+    """Wall-clock seconds of one call of ``fn``, the device's queued work included."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def _flops(fn, train_step: TrainStep | None = None) -> int:

@@ -158,12 +158,17 @@ class TrainStep:
             raise TrainingDiverged(f"non-finite loss ({loss.item()}) at step {step}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = float("nan")
-        if self.clip_grad > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(list(self.method.clip_parameters()), self.clip_grad,
-                                                             foreach=True))
+        grad_norm = self.clip_gradients()
         self.optimizer.step()
         momentum = sched.momentum(step)
         if self.pairs:
             ema_update(self.pairs, momentum)
         return StepResult(loss, logs, lr, wd, momentum, grad_norm)
+
+    def clip_gradients(self) -> float:
+        """Clip the gradients to the recipe's ``optim.clip_grad`` norm; the norm before clipping
+        (NaN without clipping)."""
+        if self.clip_grad <= 0:
+            return float("nan")
+        return float(torch.nn.utils.clip_grad_norm_(list(self.method.clip_parameters()), self.clip_grad,
+                                                    foreach=True))
