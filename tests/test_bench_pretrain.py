@@ -2,6 +2,7 @@
 encoder saw in one step; `--against lightly` without lightly (or without a module lightly
 imports) fails with one line naming the fix."""
 
+import statistics
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from ssl_bench.benchmarks._lightly_msn import build_lightly_step
+from ssl_bench.benchmarks import pretrain as bench_pretrain
 from ssl_bench.benchmarks.pretrain import _batch
 from ssl_bench.cli import main
 from ssl_bench.engine import resolve_recipe
@@ -60,6 +62,30 @@ def test_bench_pretrain_every_method(method, capsys):
     line = next(line for line in out.splitlines() if line.startswith("above the ideal\t"))
     expected = ["optimiser step"] + ([] if method == "mscn" else ["clipping", "EMA"])
     assert [part.rsplit(" ", 2)[0] for part in line.split("\t(")[1].split(";")[0].split(", ")] == expected
+
+
+@pytest.mark.parametrize(("steps", "consecutive", "order", "timed"), [
+    (4, 3, "ab aaabbb aaabbb", [2, 3, 5, 6]),  # the first step of every run untimed
+    (3, 3, "ab aaabbb aabb", [2, 3, 5]),  # the last run stops once both sides have their steps
+    (1, 3, "ab aabb", [2]),
+    (3, 1, "ab ab ab ab", [1, 2, 3]),  # step by step: every step timed
+])
+def test_interleaved_takes_turns_and_times_all_but_the_first_step_of_a_run(monkeypatch, steps, consecutive,
+                                                                          order, timed):
+    """One warm-up step each ("ab"), then runs; a side's n-th call (warm-up: 0) lasts 100 + n
+    (first side) or 1000 + n (second side) seconds, so the medians show which calls were timed."""
+    calls = []
+
+    def fake_seconds(fn, device):
+        fn()
+        side = calls[-1]
+        return (100 if side == "a" else 1000) + calls.count(side) - 1
+
+    monkeypatch.setattr(bench_pretrain, "_seconds", fake_seconds)
+    medians = bench_pretrain._interleaved(lambda: calls.append("a"), lambda: calls.append("b"), steps, 1, "cpu",
+                                          consecutive)
+    assert "".join(calls) == order.replace(" ", "")
+    assert medians == (100 + statistics.median(timed), 1000 + statistics.median(timed))
 
 
 LIGHTLY_ARGS = ["--quiet", "bench", "pretrain", "--method", "msn", "--against", "lightly", "--steps", "1",
@@ -165,3 +191,10 @@ def test_lightly_step_sees_our_views_and_recipe():
                                          "pos_embed_initialization": "learn"}
     assert recorder.momentum_calls == [0.99, 0.99]  # msn_tiny ema.start, backbone and head
     assert not torch.equal(model.prototypes, prototypes)  # trained, as ours
+
+
+@pytest.mark.parametrize(("option", "value"), [("--steps", "0"), ("--consecutive", "0")])
+def test_bench_pretrain_refuses_fewer_than_one_step(option, value, capsys):
+    args = ["--quiet", "bench", "pretrain", "--method", "msn", "--batch-size", "4", "--device", "cpu", option, value]
+    assert main(args) != 0
+    assert f"{option} {value}: must be at least 1" in capsys.readouterr().err
