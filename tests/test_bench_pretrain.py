@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ssl_bench.benchmarks._lightly_msn import build_lightly_step
 from ssl_bench.benchmarks import pretrain as bench_pretrain
+from ssl_bench.benchmarks._lightly_msn import build_lightly_step
 from ssl_bench.benchmarks.pretrain import _batch
 from ssl_bench.cli import main
 from ssl_bench.engine import resolve_recipe
