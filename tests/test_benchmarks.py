@@ -1,10 +1,12 @@
 """Benchmarks refuse too little data with one line and exit 2; the k-NN benchmark's DINO baseline
-(eval_knn.py's algorithm) and our k-NN predict the same classes."""
+(eval_knn.py's algorithm) and our k-NN predict the same classes; a memory rise too small to be
+true is flagged."""
 
 import numpy as np
 import torch
 from test_protocols_common import make_imagefolder
 
+from ssl_bench.benchmarks import knn as bench_knn
 from ssl_bench.benchmarks.knn import dino_knn
 from ssl_bench.cli import main
 from ssl_bench.protocols.knn import knn_predict
@@ -34,3 +36,20 @@ def test_dino_baseline_and_ours_predict_the_same_classes():
         dino = dino_knn(norm(torch.from_numpy(train), dim=1), torch.from_numpy(labels),
                         norm(torch.from_numpy(test), dim=1), k, 0.07, 7)
         np.testing.assert_array_equal(ours[k][:, 0], dino[:, 0].numpy())
+
+
+def test_bench_knn_flags_a_rise_below_the_normalised_training_copy(monkeypatch, capsys):
+    # every run reports a rise of 0 bytes, as when memory freed during a run hides its peak
+    monkeypatch.setattr(bench_knn, "measured", lambda fn: (1.0, 0, fn()))
+    assert main(["bench", "knn", "--sizes", "500", "--queries", "50", "--dim", "1024", "--classes", "5",
+                 "--ks", "5", "--skip-extraction"]) == 0
+    out = capsys.readouterr().out
+    # 500 x 1024 float32 = 2,048,000 bytes, 2 MB when rounded
+    assert "warning\tN = 500: ours rose by 0 MB in a repeat, less than the 2 MB normalised training copy" in out
+
+
+def test_bench_knn_memory_rise_counts_an_allocation_made_after_memory_was_freed():
+    freed = np.ones((4_000_000,), np.float32)  # 16 MB, resident, then freed
+    del freed
+    _, rise, _ = bench_knn.measured(lambda: np.ones((2_000_000,), np.float32).sum())  # 8 MB new
+    assert rise >= 7_000_000

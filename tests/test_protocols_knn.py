@@ -39,10 +39,11 @@ def features():
     return train.astype(np.float32), train_labels, test.astype(np.float32), test_labels, num_classes
 
 
+@pytest.mark.parametrize("train_chunk", [128, 1 << 20])  # several training chunks merged; one chunk
 @pytest.mark.parametrize("k", [10, 20])
-def test_knn_predictions_match_numpy_dino_vote(features, k):
+def test_knn_predictions_match_numpy_dino_vote(features, k, train_chunk):
     train, train_labels, test, test_labels, c = features
-    ours = knn_predict(train, train_labels, test, c, ks=[k], train_chunk=128, query_chunk=50)[k]
+    ours = knn_predict(train, train_labels, test, c, ks=[k], train_chunk=train_chunk, query_chunk=50)[k]
     oracle = _dino_vote_numpy(train, train_labels, test, c, k)
     np.testing.assert_array_equal(ours, oracle)
     # and the accuracy it implies
@@ -53,13 +54,14 @@ def test_knn_predictions_match_numpy_dino_vote(features, k):
     assert 30 < top1 < 100  # the clusters are separable enough for a non-trivial score
 
 
+@pytest.mark.parametrize("train_chunk", [97, 1 << 20])  # several training chunks merged; one chunk
 @pytest.mark.parametrize("backend", ["faiss", "torch"])
-def test_topk_equals_exhaustive_search(features, backend):
+def test_topk_equals_exhaustive_search(features, backend, train_chunk):
     train, _, test, _, _ = features
     tr = train / np.linalg.norm(train, axis=1, keepdims=True)
     te = test / np.linalg.norm(test, axis=1, keepdims=True)
     k = 37
-    sims, idx = search_topk(tr, te, k, train_chunk=97, query_chunk=31, backend=backend)
+    sims, idx = search_topk(tr, te, k, train_chunk=train_chunk, query_chunk=31, backend=backend)
     full = te.astype(np.float64) @ tr.astype(np.float64).T
     want_idx = np.argsort(-full, axis=1, kind="stable")[:, :k]
     np.testing.assert_array_equal(idx, want_idx)

@@ -5,7 +5,8 @@ samples vote for their class with weight exp(sim / T) (T = 0.07); the classes ar
 by their summed weight; top-1 and top-5 (top-5 counts the first min(5, k) classes).
 
 The search is exact: ``faiss.knn`` (inner product, as ``IndexFlatIP``) over chunks of the
-training set whose per-chunk top-k are merged in a ``faiss.ResultHeap``, or with
+training set whose per-chunk top-k are merged in a ``faiss.ResultHeap`` (a training set of one
+chunk needs no merge: faiss writes the top-k in place), or with
 ``search_backend: torch`` a chunked matmul whose per-chunk top-k are merged by another
 ``topk``; queries are chunked too, so memory stays bounded for millions of training
 features. k is capped at the number of training samples. Ties in the class ranking (e.g.
@@ -43,8 +44,9 @@ def search_topk(train: np.ndarray, queries: np.ndarray, k: int, *, train_chunk: 
     set is scanned in chunks of ``train_chunk`` rows (read from a memory map as needed) and
     the queries in chunks of ``query_chunk``; ``k`` must not exceed len(train). Cosine
     similarity: L2-normalise both sides first (``knn_predict`` does, the training side once).
-    ``backend``: ``faiss`` (``faiss.knn`` + ``faiss.ResultHeap``) or ``torch`` (matmul +
-    ``topk`` per chunk, merged by another ``topk``; ``ssl-bench bench knn`` compares them).
+    ``backend``: ``faiss`` (``faiss.knn``'s routine, + ``faiss.ResultHeap`` over several chunks)
+    or ``torch`` (matmul + ``topk`` per chunk, merged by another ``topk``; ``ssl-bench bench
+    knn`` compares them).
     """
     if backend not in ("faiss", "torch"):
         raise UserError(f"recipe key 'search_backend': unknown '{backend}'; valid: faiss, torch")
@@ -56,8 +58,17 @@ def search_topk(train: np.ndarray, queries: np.ndarray, k: int, *, train_chunk: 
     train_chunk, query_chunk = max(1, int(train_chunk)), max(1, int(query_chunk))
     steps = [(q0, t0) for q0 in range(0, n_query, query_chunk) for t0 in range(0, n_train, train_chunk)]
     bar = progress(total=len(steps), desc=desc, unit="chunk")
+    single = np.ascontiguousarray(train, dtype=np.float32) if backend == "faiss" and n_train <= train_chunk else None
     for q0 in range(0, n_query, query_chunk):
         q = np.ascontiguousarray(queries[q0:q0 + query_chunk], dtype=np.float32)
+        if single is not None:
+            # one training block: faiss.knn's own routine writes the top-k into the result rows, with
+            # no heap to merge and no copies (one 1024-query chunk over 25k features: 15.9 -> 11.2 MB
+            # peak, 2026-12-04)
+            faiss.knn_inner_product(faiss.swig_ptr(q), faiss.swig_ptr(single), q.shape[1], len(q), n_train, k,
+                                    faiss.swig_ptr(sims[q0:q0 + len(q)]), faiss.swig_ptr(idx[q0:q0 + len(q)]))
+            bar.update(1)
+            continue
         heap = faiss.ResultHeap(len(q), k, keep_max=True) if backend == "faiss" else None
         best_d = best_i = None
         for t0 in range(0, n_train, train_chunk):
@@ -88,11 +99,14 @@ def search_topk(train: np.ndarray, queries: np.ndarray, k: int, *, train_chunk: 
 
 
 def vote(sims: np.ndarray, neighbours: np.ndarray, train_labels: np.ndarray, num_classes: int,
-         temperature: float) -> np.ndarray:
-    """(n, C) class scores: sum over the given neighbours of exp(sim / T) per class."""
-    weights = torch.from_numpy(np.ascontiguousarray(sims, np.float32)).div(temperature).exp()
+         temperature: float, out: np.ndarray | None = None) -> np.ndarray:
+    """(n, C) class scores: sum over the given neighbours of exp(sim / T) per class. ``out``: a
+    float32 buffer of at least n rows and C columns to write them into (``knn_predict`` reuses
+    one for every k and query chunk)."""
+    weights = torch.from_numpy(np.ascontiguousarray(sims, np.float32)).div(temperature).exp_()
     labels = torch.from_numpy(np.asarray(train_labels, np.int64)[neighbours])
-    scores = torch.zeros(len(sims), num_classes, dtype=torch.float32)
+    scores = (torch.zeros(len(sims), num_classes, dtype=torch.float32) if out is None
+              else torch.from_numpy(out[:len(sims)]).zero_())
     scores.scatter_add_(1, labels, weights)
     return scores.numpy()
 
@@ -131,14 +145,17 @@ def knn_predict(train: np.ndarray, train_labels: np.ndarray, queries: np.ndarray
         train = l2_normalize(train)
     top = min(5, num_classes)
     out = {k: np.empty((len(queries), top), dtype=np.int64) for k in ks}
+    # one class-score buffer for every k and chunk: a fresh one each time left glibc holding freed
+    # copies resident (bench knn at 25k: a peak of 70-73 MB, now 61-63; 2026-12-04)
+    scores = np.empty((min(query_chunk, len(queries)), num_classes), dtype=np.float32)
     for q0 in range(0, len(queries), query_chunk):
         q = queries[q0:q0 + query_chunk]
         sims, idx = search_topk(train, l2_normalize(q) if normalize else q, kmax, train_chunk=train_chunk,
                                 query_chunk=query_chunk, backend=backend)
         for k in ks:
             kk = min(k, kmax)
-            scores = vote(sims[:, :kk], idx[:, :kk], train_labels, num_classes, temperature)
-            out[k][q0:q0 + len(q)] = rank_classes(scores, top)
+            vote(sims[:, :kk], idx[:, :kk], train_labels, num_classes, temperature, out=scores)
+            out[k][q0:q0 + len(q)] = rank_classes(scores[:len(q)], top)
     return out
 
 
