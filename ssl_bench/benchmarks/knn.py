@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import ctypes.util
 import gc
 import statistics
 import tempfile
@@ -101,8 +100,7 @@ def release_free_memory() -> None:
     that run's allocations (a 1.28M run of 2026-12-04 printed a rise of 0 MB for ours at 100k,
     whose normalised training copy alone is 146 MB)."""
     gc.collect()
-    libc = ctypes.util.find_library("c")
-    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the C library this process runs on
     if trim is not None:  # glibc; other C libraries return freed memory on their own terms
         trim(0)
 

@@ -98,15 +98,13 @@ def search_topk(train: np.ndarray, queries: np.ndarray, k: int, *, train_chunk: 
     return sims, idx
 
 
-def vote(sims: np.ndarray, neighbours: np.ndarray, train_labels: np.ndarray, num_classes: int,
-         temperature: float, out: np.ndarray | None = None) -> np.ndarray:
-    """(n, C) class scores: sum over the given neighbours of exp(sim / T) per class. ``out``: a
-    float32 buffer of at least n rows and C columns to write them into (``knn_predict`` reuses
-    one for every k and query chunk)."""
+def vote(sims: np.ndarray, neighbours: np.ndarray, train_labels: np.ndarray, out: np.ndarray,
+         temperature: float) -> np.ndarray:
+    """(n, C) class scores, written into the first n rows of the float32 (>= n, C) buffer ``out``
+    and returned: sum over the given neighbours of exp(sim / T) per class."""
     weights = torch.from_numpy(np.ascontiguousarray(sims, np.float32)).div(temperature).exp_()
     labels = torch.from_numpy(np.asarray(train_labels, np.int64)[neighbours])
-    scores = (torch.zeros(len(sims), num_classes, dtype=torch.float32) if out is None
-              else torch.from_numpy(out[:len(sims)]).zero_())
+    scores = torch.from_numpy(out[:len(sims)]).zero_()
     scores.scatter_add_(1, labels, weights)
     return scores.numpy()
 
@@ -154,8 +152,8 @@ def knn_predict(train: np.ndarray, train_labels: np.ndarray, queries: np.ndarray
                                 query_chunk=query_chunk, backend=backend)
         for k in ks:
             kk = min(k, kmax)
-            vote(sims[:, :kk], idx[:, :kk], train_labels, num_classes, temperature, out=scores)
-            out[k][q0:q0 + len(q)] = rank_classes(scores[:len(q)], top)
+            ranked = rank_classes(vote(sims[:, :kk], idx[:, :kk], train_labels, scores, temperature), top)
+            out[k][q0:q0 + len(q)] = ranked
     return out
 
 
